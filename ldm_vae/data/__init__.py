@@ -1,0 +1,55 @@
+"""Datasets and transforms; `build_dataset` turns the `data.source` string into a dataset.
+
+Sources are named one way everywhere: `builtin:NAME`, a folder path, `hf:NAME[:split]`, `wds:PATTERN`.
+Every dataset yields (image (3, R, R) float32 in [-1, 1], label int) and has `classes` and `sample_key(i)`.
+"""
+
+from pathlib import Path
+
+from ldm_vae.data.folder import ImageFolderDataset, load_rgb, to_rgb
+from ldm_vae.data.sampler import StreamSampler
+from ldm_vae.data.shapes import SHAPE_KINDS, ShapesDataset
+from ldm_vae.data.split import train_held_out_split
+from ldm_vae.data.transforms import RandomFlipView, image_transform
+from ldm_vae.errors import ConfigError
+
+__all__ = [
+    "StreamSampler",
+    "BUILTIN_DATASETS",
+    "SHAPE_KINDS",
+    "ImageFolderDataset",
+    "RandomFlipView",
+    "ShapesDataset",
+    "build_dataset",
+    "image_transform",
+    "load_rgb",
+    "to_rgb",
+    "train_held_out_split",
+]
+
+BUILTIN_DATASETS = ["shapes"]  # names accepted after `builtin:`
+MIN_RESOLUTION_PX = 8
+
+
+def build_dataset(
+    source: str, resolution_px: int, builtin_samples: int, seed: int
+) -> ShapesDataset | ImageFolderDataset:
+    """The dataset named by `data.source`; every user mistake is a one-line ConfigError."""
+    if resolution_px < MIN_RESOLUTION_PX:
+        raise ConfigError(f"data.resolution_px={resolution_px} must be >= {MIN_RESOLUTION_PX}")
+    if not source:
+        raise ConfigError("data.source is empty; use builtin:shapes or a folder of images")
+    kind, _, name = source.partition(":")
+    if kind == "builtin":
+        if name not in BUILTIN_DATASETS:
+            available = ", ".join(f"builtin:{known}" for known in BUILTIN_DATASETS)
+            raise ConfigError(f"data.source='{source}': unknown builtin dataset; available: {available}")
+        if builtin_samples < 1:
+            raise ConfigError(f"data.builtin_samples={builtin_samples} must be >= 1 for {source}")
+        return ShapesDataset(builtin_samples, resolution_px, seed)
+    if kind in ("hf", "wds"):
+        raise ConfigError(
+            f"data.source='{source}': {kind}: sources are planned but not supported yet; "
+            "use builtin:shapes or a folder of images"
+        )
+    return ImageFolderDataset(Path(source), resolution_px)

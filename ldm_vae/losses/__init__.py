@@ -1,0 +1,21 @@
+"""Loss terms of the LDM first-stage objective (Rombach et al., CVPR 2022, Section 3 and Appendix G)."""
+
+from ldm_vae.losses.adaptive import adaptive_weight
+from ldm_vae.losses.discriminator import (
+    PatchDiscriminator,
+    generator_adversarial_loss,
+    hinge_discriminator_loss,
+)
+from ldm_vae.losses.kl import kl_to_standard_normal
+from ldm_vae.losses.perceptual import LPIPS, default_heads_path, default_vgg16_path
+
+__all__ = [
+    "LPIPS",
+    "PatchDiscriminator",
+    "adaptive_weight",
+    "default_heads_path",
+    "default_vgg16_path",
+    "generator_adversarial_loss",
+    "hinge_discriminator_loss",
+    "kl_to_standard_normal",
+]

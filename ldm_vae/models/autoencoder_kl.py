@@ -1,0 +1,98 @@
+"""KL-regularised autoencoder (Rombach et al. 2022, Sec. 3.1 and Appendix G): a diffusers `AutoencoderKL`.
+
+The model IS `diffusers.AutoencoderKL`; this module builds it from a `ModelConfig` (or loads one from a
+folder on disk) and wraps it in `KLTrainingModule`, whose single `forward` runs encode -> sample ->
+decode, so that the training step always goes through the DDP wrapper and gradients all-reduce.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL
+from torch import nn
+
+from ldm_vae.config import ModelConfig
+from ldm_vae.errors import ConfigError
+
+
+def build_autoencoder_kl(model: ModelConfig, resolution_px: int) -> AutoencoderKL:
+    """A fresh AutoencoderKL with LDM's Encoder/Decoder layout, or the one in `model.init_from`."""
+    if model.init_from is not None:
+        return load_autoencoder_kl(model.init_from, key="model.init_from")
+    levels = len(model.block_out_channels)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
+        block_out_channels=tuple(model.block_out_channels),
+        layers_per_block=model.layers_per_block,
+        latent_channels=model.latent_channels,
+        norm_num_groups=model.norm_num_groups,
+        sample_size=resolution_px,
+        mid_block_add_attention=model.mid_block_attention,
+    )
+
+
+def load_autoencoder_kl(folder: str | Path, key: str = "--model") -> AutoencoderKL:
+    """Load a diffusers AutoencoderKL folder from local disk only, with a clear error if it is not one."""
+    path = Path(folder).expanduser()
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"{key}={str(folder)!r}: not a diffusers model folder (no config.json in it)")
+    try:
+        return AutoencoderKL.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, TypeError) as error:
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ConfigError(f"{key}={str(folder)!r}: cannot load as AutoencoderKL ({first_line})") from None
+
+
+def downsampling_factor_of(vae: AutoencoderKL) -> int:
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def encoder_parameters(vae: AutoencoderKL) -> list[nn.Parameter]:
+    """What `train_decoder_only` freezes: the encoder and the 1x1 conv to the posterior moments."""
+    params = list(vae.encoder.parameters())
+    if vae.quant_conv is not None:
+        params += list(vae.quant_conv.parameters())
+    return params
+
+
+class KLTrainingModule(nn.Module):
+    """AutoencoderKL plus the learned output log-variance, with one forward for the training step.
+
+    `noise` is passed in (not drawn here) so that the loop can draw it per global sample position:
+    then 1 and N processes see identical noise, and a resumed run draws what the uninterrupted one did.
+    """
+
+    def __init__(self, vae: AutoencoderKL, learn_logvar: bool, logvar_init: float, decoder_only: bool):
+        super().__init__()
+        self.vae = vae
+        self.decoder_only = decoder_only
+        logvar = torch.tensor(float(logvar_init))
+        if learn_logvar:  # sgm's learn_logvar; LDM declares it but never optimises it
+            self.output_logvar = nn.Parameter(logvar)
+        else:
+            self.register_buffer("output_logvar", logvar)
+        if decoder_only:
+            for param in encoder_parameters(vae):
+                param.requires_grad_(False)
+
+    def latent_shape(self, batch_size: int, resolution_px: int) -> tuple[int, int, int, int]:
+        side = resolution_px // downsampling_factor_of(self.vae)
+        return (batch_size, self.vae.config.latent_channels, side, side)
+
+    def forward(self, images: torch.Tensor, noise: torch.Tensor) -> dict[str, torch.Tensor]:
+        """images (b, 3, H, W) in [-1, 1], noise (b, c, H/f, W/f) ~ N(0, I) -> reconstruction, posterior."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.decoder_only):
+            posterior = self.vae.encode(images).latent_dist  # logvar clamped to [-30, 20]
+        latents = posterior.mean + posterior.std * noise  # reparameterisation, (b, c, H/f, W/f)
+        reconstruction = self.vae.decode(latents).sample  # (b, 3, H, W)
+        return {
+            "sample": reconstruction,
+            "mean": posterior.mean,
+            "logvar": posterior.logvar,
+            "output_logvar": self.output_logvar,
+        }

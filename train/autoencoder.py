@@ -1,0 +1,388 @@
+"""Train a KL autoencoder, LDM's first stage, with accelerate: `ldm-vae train-ae CONFIG [key=value ...]`.
+
+Also runs as `python -m train.autoencoder CONFIG [key=value ...]` under torchrun or accelerate launch.
+Setup functions come first; `train()` holds the whole loop, one optimizer step top to bottom.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from diffusers.training_utils import EMAModel
+from torch.utils.data import DataLoader, Dataset
+
+from ldm_vae.config import (
+    AutoencoderTrainConfig,
+    LossConfig,
+    load_config,
+    save_config,
+    validate_autoencoder_config,
+)
+from ldm_vae.data import RandomFlipView, build_dataset, train_held_out_split
+from ldm_vae.data.sampler import StreamSampler
+from ldm_vae.errors import ConfigError, TrainingDiverged
+from ldm_vae.losses import (
+    LPIPS,
+    PatchDiscriminator,
+    adaptive_weight,
+    generator_adversarial_loss,
+    hinge_discriminator_loss,
+)
+from ldm_vae.losses.autoencoder import kl_loss, reconstruction_nll
+from ldm_vae.metrics import kl_per_channel
+from ldm_vae.models import KLTrainingModule, build_autoencoder_kl, downsampling_factor_of
+from ldm_vae.viz import reconstruction_grid
+from train.checkpoints import CheckpointManager, Progress, resolve_resume
+from train.report import export_and_report, finish_run
+from train.runtime import (
+    StopRequest,
+    build_accelerator,
+    ignore_interrupts_in_worker,
+    lr_at,
+    position_generator,
+    set_lr,
+    slice_noise,
+)
+from train.tracking import RunTracker
+
+# ---------------------------------------------------------------------------------------------------
+# Setup
+
+
+def build_lpips(loss: LossConfig) -> LPIPS | None:
+    """Frozen LPIPS-VGG from local files, or None when the perceptual term is off."""
+    if loss.perceptual_weight == 0:
+        return None
+    from ldm_vae.losses.perceptual import default_heads_path, default_vgg16_path
+
+    return LPIPS.from_files(
+        loss.lpips_vgg16_path or default_vgg16_path(), loss.lpips_heads_path or default_heads_path() or ""
+    )
+
+
+def build_models(cfg: AutoencoderTrainConfig) -> tuple[KLTrainingModule, PatchDiscriminator | None]:
+    vae = build_autoencoder_kl(cfg.model, cfg.data.resolution_px)
+    factor = downsampling_factor_of(vae)
+    if cfg.data.resolution_px % factor:
+        raise ConfigError(
+            f"data.resolution_px={cfg.data.resolution_px}: not divisible by the downsampling factor {factor} "
+            f"of model.init_from={cfg.model.init_from!r}"
+        )
+    module = KLTrainingModule(vae, cfg.loss.learn_logvar, cfg.loss.logvar_init, cfg.model.train_decoder_only)
+    disc = None
+    if cfg.loss.disc_weight > 0:
+        disc = PatchDiscriminator(3, cfg.loss.disc_channels, cfg.loss.disc_layers, cfg.loss.disc_norm)
+    return module, disc
+
+
+def build_optimizer(params: list[torch.nn.Parameter], cfg: AutoencoderTrainConfig) -> torch.optim.AdamW:
+    """AdamW with LDM's betas; the learning rate is set every step from `lr_at`."""
+    return torch.optim.AdamW(
+        [p for p in params if p.requires_grad],
+        lr=cfg.optim.lr,
+        betas=tuple(cfg.optim.adam_betas),
+        weight_decay=cfg.optim.weight_decay,
+    )
+
+
+def build_loader(
+    cfg: AutoencoderTrainConfig, accelerator: Accelerator, dataset, train_indices: list[int], start: int
+) -> DataLoader:
+    """Each process reads its slice of the global stream; `start` = samples already seen (resume)."""
+    view = RandomFlipView(dataset, seed=cfg.seed, p=0.5 if cfg.data.random_flip else 0.0)
+    sampler = StreamSampler(
+        train_indices,
+        cfg.train.batch_size,
+        accelerator.process_index,
+        accelerator.num_processes,
+        cfg.seed,
+        start_position=start,
+    )
+    return DataLoader(
+        view,
+        batch_size=cfg.train.batch_size,
+        sampler=sampler,
+        num_workers=cfg.data.num_workers,
+        pin_memory=torch.cuda.is_available(),
+        worker_init_fn=ignore_interrupts_in_worker,
+        persistent_workers=False,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training
+
+
+@dataclass
+class Session:
+    """Everything `train` and `export_checkpoint` build, prepared and registered for checkpointing."""
+
+    accelerator: Accelerator
+    dataset: Dataset
+    train_indices: list[int]
+    held_out_indices: list[int]
+    lpips: LPIPS | None
+    ae: torch.nn.Module  # prepared KLTrainingModule
+    disc: torch.nn.Module | None  # prepared PatchDiscriminator
+    optimizers: list[torch.optim.Optimizer]  # [ae, disc]
+    ema: EMAModel
+    progress: Progress
+    checkpoints: CheckpointManager
+
+
+def setup(cfg: AutoencoderTrainConfig) -> Session:
+    """Validate, build, prepare; restores the state of `train.resume` when set."""
+    validate_autoencoder_config(cfg)
+    run_dir = Path(cfg.run_dir)
+    resume_from = resolve_resume(run_dir, cfg.train.resume)
+    accelerator = build_accelerator(
+        run_dir, cfg.train.mixed_precision, cfg.train.grad_accum_steps, cfg.train.use_compile
+    )
+    torch.manual_seed(cfg.seed)  # weight init: the same on every process
+    dataset = build_dataset(cfg.data.source, cfg.data.resolution_px, cfg.data.builtin_samples, cfg.seed)
+    train_indices, held_out_indices = train_held_out_split(dataset, cfg.data.held_out_samples, cfg.seed)
+    lpips = build_lpips(cfg.loss)
+    module, disc = build_models(cfg)
+
+    device = accelerator.device
+    memory_format = torch.channels_last if cfg.train.use_channels_last else torch.contiguous_format
+    module.to(device, memory_format=memory_format)
+    ema = EMAModel(module.vae.parameters(), decay=cfg.train.ema_decay)
+    ema.to(device)
+    models, optimizers = [module], [build_optimizer(list(module.parameters()), cfg)]
+    if disc is not None:
+        disc.to(device, memory_format=memory_format)
+        models.append(disc)
+        optimizers.append(build_optimizer(list(disc.parameters()), cfg))
+    if lpips is not None:
+        lpips.to(device)  # frozen: never prepared, so DDP does not wrap it
+    prepared = accelerator.prepare(*models, *optimizers)
+    models, optimizers = list(prepared[: len(models)]), list(prepared[len(models) :])
+    ae, disc = models[0], (models[1] if disc is not None else None)
+
+    progress = Progress()
+    accelerator.register_for_checkpointing(progress)
+    accelerator.register_for_checkpointing(ema)
+    names = {"ae": ae, "discriminator": disc} if disc is not None else {"ae": ae}
+    checkpoints = CheckpointManager(accelerator, run_dir, cfg.train.checkpoint_total_limit, names)
+    if resume_from is not None:
+        checkpoints.load(resume_from)
+    global_micro_batch = cfg.train.batch_size * accelerator.num_processes
+    if progress.samples_seen % global_micro_batch:
+        raise ConfigError(
+            f"train.resume={str(resume_from)!r}: saved at {progress.samples_seen} samples, not a multiple of "
+            f"train.batch_size x processes = {global_micro_batch}; resume with the batch size it was run with"
+        )
+    return Session(
+        accelerator,
+        dataset,
+        train_indices,
+        held_out_indices,
+        lpips,
+        ae,
+        disc,
+        optimizers,
+        ema,
+        progress,
+        checkpoints,
+    )
+
+
+def export_checkpoint(run_dir: str, checkpoint: str = "latest") -> dict[str, object]:
+    """`ldm-vae export`: load a checkpoint of a run, export its EMA weights and write the report."""
+    config_path = Path(run_dir) / "config.yaml"
+    if not config_path.is_file():
+        raise ConfigError(f"run_dir={run_dir!r}: no config.yaml; is this a train-ae run folder?")
+    cfg = load_config(AutoencoderTrainConfig, str(config_path), [f"run_dir={run_dir}"])
+    cfg.train.resume = checkpoint
+    if resolve_resume(Path(run_dir), checkpoint) is None:
+        raise ConfigError(f"--checkpoint={checkpoint!r}: {run_dir}/checkpoints holds no checkpoint")
+    session = setup(cfg)
+    vae = session.accelerator.unwrap_model(session.ae).vae
+    session.ema.copy_to(vae.parameters())
+    extra = {**session.progress.state_dict(), "num_processes": session.accelerator.num_processes}
+    return export_and_report(
+        cfg, vae, session.dataset, session.train_indices, session.held_out_indices, extra
+    )
+
+
+def train(cfg: AutoencoderTrainConfig) -> Path:
+    """Train, checkpoint, export and report; returns the run folder."""
+    session = setup(cfg)
+    run_dir = Path(cfg.run_dir)
+    accelerator, dataset, progress, ema = session.accelerator, session.dataset, session.progress, session.ema
+    ae, disc, optimizers = session.ae, session.disc, session.optimizers
+    opt_g, opt_d = optimizers[0], (optimizers[1] if disc is not None else None)
+    models = [ae] + ([disc] if disc is not None else [])
+    lpips, checkpoints = session.lpips, session.checkpoints
+    train_indices, held_out_indices = session.train_indices, session.held_out_indices
+    rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
+    memory_format = torch.channels_last if cfg.train.use_channels_last else torch.contiguous_format
+    global_micro_batch = cfg.train.batch_size * world
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+
+    loader = build_loader(cfg, accelerator, dataset, train_indices, progress.samples_seen)
+    batches = iter(loader)
+    tracker = RunTracker(accelerator, run_dir, cfg.train.max_steps, progress.step)
+    tracker.info(
+        f"{'resuming' if progress.step else 'starting'} at step {progress.step}: "
+        f"{len(train_indices)} train / {len(held_out_indices)} held-out images, {world} process(es), "
+        f"global batch {global_micro_batch * cfg.train.grad_accum_steps}"
+    )
+    if getattr(dataset, "skipped", None):
+        tracker.info(dataset.skip_report())
+    fixed_images = torch.stack([dataset[i][0] for i in held_out_indices[: cfg.export.report_samples]])
+
+    pixels_per_image = 3 * cfg.data.resolution_px**2
+    latent_shape = accelerator.unwrap_model(ae).latent_shape(cfg.train.batch_size, cfg.data.resolution_px)
+    last_layer = accelerator.unwrap_model(ae).vae.decoder.conv_out.weight
+    disc_train_start = max(0, cfg.loss.disc_start_steps - cfg.loss.disc_warmup_steps)
+    stop = StopRequest()
+    running: dict[str, torch.Tensor] = {}  # sums over micro-batches since the last log
+    grad_norms: dict[str, torch.Tensor] = {}
+    running_count, last_log_time, last_log_step = 0, time.perf_counter(), progress.step
+    try:
+        while progress.step < cfg.train.max_steps:
+            step = progress.step
+            set_lr(opt_g, lr_at(step, cfg.optim.lr, cfg.optim, cfg.train.max_steps))
+            if opt_d is not None:
+                set_lr(opt_d, lr_at(step, cfg.optim.disc_lr or cfg.optim.lr, cfg.optim, cfg.train.max_steps))
+            gan_enters = disc is not None and step >= cfg.loss.disc_start_steps
+            disc_trains = disc is not None and step >= disc_train_start
+            nonfinite = torch.zeros((), device=device)
+            for micro in range(cfg.train.grad_accum_steps):
+                images, _ = next(batches)
+                images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+                position = progress.samples_seen + micro * global_micro_batch
+                noise = slice_noise(latent_shape, position_generator(cfg.seed, position), rank, world)
+                with accelerator.accumulate(*models):
+                    out = ae(images, noise.to(device))  # through the DDP wrapper: gradients all-reduce
+                    nll, logs = reconstruction_nll(
+                        images, out["sample"], out["output_logvar"], cfg.loss, lpips
+                    )
+                    kl = kl_loss(out["mean"], out["logvar"], pixels_per_image)
+                    g_loss = nll + cfg.loss.kl_weight * kl
+                    logs["train/kl_loss"] = kl.detach()
+                    if gan_enters:  # D frozen and unsynced: it only passes gradients to the reconstruction
+                        disc.requires_grad_(False)
+                        with accelerator.no_sync(disc):
+                            g_adv = generator_adversarial_loss(disc(out["sample"]))
+                        disc.requires_grad_(True)
+                        weight = adaptive_weight(
+                            nll,
+                            g_adv,
+                            last_layer,
+                            cfg.loss.adaptive_weight_max,
+                            reduce_grads=lambda g: accelerator.reduce(g, "mean"),
+                        )
+                        g_loss = g_loss + cfg.loss.disc_weight * weight * g_adv
+                        logs.update({"train/g_adv_loss": g_adv.detach(), "train/adaptive_weight": weight})
+                    accelerator.backward(g_loss)
+                    nonfinite += ~torch.isfinite(g_loss.detach())
+                    logs["train/loss"] = g_loss.detach()
+                    if disc_trains:  # on detached reconstructions; real and fake in one forward
+                        logits = disc(torch.cat([images, out["sample"].detach()]))
+                        logits_real, logits_fake = logits.chunk(2)
+                        d_loss = hinge_discriminator_loss(logits_real, logits_fake)
+                        accelerator.backward(d_loss)
+                        nonfinite += ~torch.isfinite(d_loss.detach())
+                        logs.update(
+                            {
+                                "train/d_loss": d_loss.detach(),
+                                "train/logits_real": logits_real.detach().float().mean(),
+                                "train/logits_fake": logits_fake.detach().float().mean(),
+                            }
+                        )
+                for key, value in logs.items():
+                    running[key] = running.get(key, 0) + value.float()
+                running_count += 1
+            assert accelerator.sync_gradients, "the last micro-batch of a step must synchronise gradients"
+
+            # One collective decides for every process: skip a non-finite step, stop on a signal.
+            flags = torch.stack([nonfinite, torch.tensor(float(stop.requested), device=device)])
+            bad_step, stop_now = (accelerator.reduce(flags, "sum") > 0).tolist()
+            clip = cfg.optim.grad_clip or float("inf")
+            if not bad_step:
+                grad_norms["train/grad_norm_ae"] = accelerator.clip_grad_norm_(ae.parameters(), clip)
+                opt_g.step()  # clip then step, one optimizer at a time (fp16: each unscales once)
+                if disc_trains:
+                    grad_norms["train/grad_norm_disc"] = accelerator.clip_grad_norm_(disc.parameters(), clip)
+                    opt_d.step()
+                ema.step(accelerator.unwrap_model(ae).vae.parameters())
+            for optimizer in optimizers:
+                optimizer.zero_grad(set_to_none=True)
+            progress.step += 1
+            progress.samples_seen += global_micro_batch * cfg.train.grad_accum_steps
+            progress.consecutive_nonfinite = progress.consecutive_nonfinite + 1 if bad_step else 0
+            progress.nonfinite_steps += int(bad_step)
+            if bad_step:
+                tracker.info(
+                    f"step {step}: non-finite loss, step skipped ({progress.nonfinite_steps} so far)"
+                )
+                if progress.consecutive_nonfinite >= cfg.train.max_nonfinite_steps:
+                    found = resolve_resume(run_dir, "latest")
+                    raise TrainingDiverged(
+                        f"stopped at step {progress.step}: {progress.consecutive_nonfinite} non-finite losses "
+                        f"in a row (train.max_nonfinite_steps); last good checkpoint: {found or 'none'}; "
+                        "lower optim.lr, use bf16 instead of fp16, or raise loss.disc_start_steps"
+                    )
+            tracker.advance()
+
+            if progress.step % cfg.train.log_every_steps == 0 or progress.step == cfg.train.max_steps:
+                now = time.perf_counter()
+                scalars = {key: (value / running_count).item() for key, value in running.items()}
+                scalars.update({key: value.item() for key, value in grad_norms.items()})  # last step
+                scalars["train/lr"] = opt_g.param_groups[0]["lr"]
+                scalars["train/images_per_sec"] = (
+                    (progress.step - last_log_step) * global_micro_batch * cfg.train.grad_accum_steps
+                ) / (now - last_log_time)
+                scalars["train/nonfinite_steps"] = progress.nonfinite_steps
+                for channel, value in enumerate(kl_per_channel(out["mean"].detach(), out["logvar"].detach())):
+                    scalars[f"latent/kl_channel_{channel}"] = value.item()
+                tracker.scalars(progress.step, scalars)
+                tracker.postfix(scalars["train/loss"])
+                running, running_count, last_log_time, last_log_step = {}, 0, now, progress.step
+            if accelerator.is_main_process and progress.step % cfg.train.image_every_steps == 0:
+                vae = accelerator.unwrap_model(ae).vae
+                ema.store(vae.parameters())
+                ema.copy_to(vae.parameters())
+                with torch.no_grad():
+                    reconstruction = vae(fixed_images.to(device)).sample.float().cpu()
+                ema.restore(vae.parameters())
+                tracker.image(
+                    "val/reconstructions_ema",
+                    reconstruction_grid(fixed_images, reconstruction),
+                    progress.step,
+                )
+            if progress.step % cfg.train.checkpoint_every_steps == 0 or stop_now:
+                saved = checkpoints.save(progress)
+                tracker.info(f"step {progress.step}: checkpoint {saved}")
+            if stop_now:
+                tracker.info(f"interrupted at step {progress.step}; continue with train.resume=latest")
+                raise KeyboardInterrupt
+        if progress.step % cfg.train.checkpoint_every_steps:
+            checkpoints.save(progress)
+    finally:
+        stop.restore()
+        tracker.close()
+
+    finish_run(cfg, accelerator, models, ema, dataset, train_indices, held_out_indices, progress, tracker)
+    accelerator.end_training()
+    return run_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    from train.cli import main as cli_main
+
+    return cli_main(["train-ae", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""The `ldm-vae` command: thin subcommands over the jobs in train/. Bad input exits 2 with one line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import yaml
+
+from ldm_vae.config import AutoencoderTrainConfig, config_to_dict, load_config, validate_autoencoder_config
+from ldm_vae.errors import ConfigError, TrainingDiverged
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ldm-vae", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train_ae = commands.add_parser("train-ae", help="train a KL autoencoder, then export and report")
+    train_ae.add_argument("config", help="a preset name from configs/ (e.g. kl-tiny) or a YAML file")
+    train_ae.add_argument(
+        "overrides", nargs="*", help="key=value, e.g. train.max_steps=1000 loss.kl_weight=1e-6"
+    )
+    train_ae.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+
+    export = commands.add_parser(
+        "export", help="export and report a training checkpoint as a diffusers folder"
+    )
+    export.add_argument("run_dir", help="the run folder (holds config.yaml and checkpoints/)")
+    export.add_argument("--checkpoint", default="latest", help="'latest' or a checkpoint folder")
+    return parser
+
+
+def _is_main_process() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "train-ae":
+            from train.autoencoder import train
+
+            cfg = load_config(AutoencoderTrainConfig, args.config, args.overrides)
+            validate_autoencoder_config(cfg)
+            if _is_main_process():
+                print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="", flush=True)
+            if not args.dry_run:
+                train(cfg)
+        elif args.command == "export":
+            from train.autoencoder import export_checkpoint
+
+            export_checkpoint(args.run_dir, args.checkpoint)
+    except ConfigError as error:
+        print(f"ldm-vae: error: {error}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as error:
+        print(f"ldm-vae: training diverged: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("ldm-vae: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""End of a run: export the EMA autoencoder, evaluate it on held-out images, and write the run report.
+
+The run folder gets `export/` (a diffusers folder), `reconstructions.png` (originals above
+reconstructions), `loss_curves.png` and `metrics.json`. `ldm-vae export` calls `export_and_report` on
+any checkpoint; the training job calls `finish_run`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+from diffusers import AutoencoderKL
+from diffusers.training_utils import EMAModel
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from ldm_vae.config import AutoencoderTrainConfig
+from ldm_vae.metrics import active_channels, bicubic_baseline, kl_per_channel, psnr, ssim
+from ldm_vae.models import downsampling_factor_of
+from ldm_vae.viz import save_loss_curves, save_reconstruction_grid
+from train.checkpoints import Progress
+from train.export import export_autoencoder, measure_latent_statistics, verify_export
+from train.tracking import RunTracker, read_stats
+
+PSNR_CAP_DB = 100.0  # identical images have infinite PSNR; capped so averages stay finite
+LOSS_CURVE_KEYS = [
+    "train/loss",
+    "train/rec_loss",
+    "train/kl_loss",
+    "train/g_adv_loss",
+    "train/d_loss",
+    "train/adaptive_weight",
+]
+
+
+@torch.no_grad()
+def evaluate_reconstruction(
+    vae: AutoencoderKL, dataset: Dataset, indices: list[int], batch_size: int
+) -> dict[str, object]:
+    """Held-out fidelity of the posterior mode, the bicubic floor at the latent size, latent diagnostics."""
+    device = next(vae.parameters()).device
+    factor = downsampling_factor_of(vae)
+    scores: dict[str, list[torch.Tensor]] = {"psnr": [], "ssim": [], "bicubic_psnr": []}
+    means, kl_sums = [], []
+    for images, _ in DataLoader(Subset(dataset, indices), batch_size=batch_size):
+        images = images.to(device)
+        posterior = vae.encode(images).latent_dist
+        reconstruction = vae.decode(posterior.mean).sample.float().clamp(-1, 1)
+        scores["psnr"].append(psnr(reconstruction, images).clamp(max=PSNR_CAP_DB).cpu())
+        scores["ssim"].append(ssim(reconstruction, images).cpu())
+        scores["bicubic_psnr"].append(
+            psnr(bicubic_baseline(images, factor), images).clamp(max=PSNR_CAP_DB).cpu()
+        )
+        means.append(posterior.mean.float().cpu())
+        kl_sums.append(kl_per_channel(posterior.mean.float(), posterior.logvar.float()).cpu() * len(images))
+    all_means = torch.cat(means)  # (n, c, h, w)
+    active, variances = active_channels(all_means)
+    result = {key: torch.cat(values).mean().item() for key, values in scores.items()}
+    return {
+        "images": len(indices),
+        "psnr_db": result["psnr"],
+        "ssim": result["ssim"],
+        "bicubic_psnr_db": result["bicubic_psnr"],
+        "beats_bicubic": result["psnr"] > result["bicubic_psnr"],
+        "latent_shape": list(all_means.shape[1:]),
+        "kl_per_channel": (torch.stack(kl_sums).sum(0) / len(indices)).tolist(),
+        "active_channels": active,
+        "posterior_mean_variance_per_channel": variances.tolist(),
+    }
+
+
+def export_and_report(
+    cfg: AutoencoderTrainConfig,
+    vae: AutoencoderKL,
+    dataset: Dataset,
+    train_indices: list[int],
+    held_out_indices: list[int],
+    extra: dict[str, object],
+) -> dict[str, object]:
+    """`vae` must already hold the weights to export (the EMA). Writes everything into cfg.run_dir."""
+    run_dir = Path(cfg.run_dir)
+    vae.eval()
+    batch_size = max(cfg.train.batch_size, 8)
+    scaling_indices = train_indices[: cfg.export.scaling_samples]
+    statistics = measure_latent_statistics(vae, dataset, scaling_indices, batch_size, cfg.seed)
+    export_dir = export_autoencoder(vae, run_dir / "export", statistics["scaling_factor"])
+    sample_images = torch.stack([dataset[i][0] for i in held_out_indices[: cfg.export.report_samples]])
+    export_check = verify_export(vae, export_dir, sample_images)
+    held_out = evaluate_reconstruction(vae, dataset, held_out_indices, batch_size)
+
+    with torch.no_grad():
+        device = next(vae.parameters()).device
+        reconstructions = vae(sample_images.to(device)).sample.float().clamp(-1, 1).cpu()
+    save_reconstruction_grid(sample_images, reconstructions, run_dir / "reconstructions.png")
+    stats = read_stats(run_dir)
+    if stats:
+        keys = [key for key in LOSS_CURVE_KEYS if any(key in row for row in stats)]
+        save_loss_curves(stats, run_dir / "loss_curves.png", keys=keys)
+    metrics = {
+        **extra,
+        "held_out": held_out,
+        "latent_statistics": {**statistics, "images": len(scaling_indices)},
+        "export": {"dir": str(export_dir), **export_check},
+        "skipped_files": [list(item) for item in getattr(dataset, "skipped", [])],
+    }
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def replica_digest(models: list[nn.Module]) -> str:
+    """sha256 of every parameter byte: identical on all processes iff DDP kept the replicas in sync."""
+    digest = hashlib.sha256()
+    for model in models:
+        for tensor in model.state_dict().values():
+            digest.update(tensor.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def finish_run(
+    cfg: AutoencoderTrainConfig,
+    accelerator: Accelerator,
+    models: list[nn.Module],
+    ema: EMAModel,
+    dataset: Dataset,
+    train_indices: list[int],
+    held_out_indices: list[int],
+    progress: Progress,
+    tracker: RunTracker,
+) -> None:
+    """On every process; `models` = [ae, disc] as prepared. Only the main process exports and reports."""
+    digests = gather_object([replica_digest([accelerator.unwrap_model(m) for m in models])])  # collective
+    if accelerator.is_main_process:
+        vae = accelerator.unwrap_model(models[0]).vae
+        extra = {
+            "step": progress.step,
+            "samples_seen": progress.samples_seen,
+            "nonfinite_steps": progress.nonfinite_steps,
+            "num_processes": accelerator.num_processes,
+            "replica_digests": digests,
+            "replicas_identical": len(set(digests)) == 1,
+        }
+        if not extra["replicas_identical"]:
+            tracker.info(f"WARNING: processes hold different weights after training: {digests}")
+        ema.store(vae.parameters())
+        ema.copy_to(vae.parameters())
+        try:
+            metrics = export_and_report(cfg, vae, dataset, train_indices, held_out_indices, extra)
+        finally:
+            ema.restore(vae.parameters())
+        held_out = metrics["held_out"]
+        tracker.info(
+            f"held-out PSNR {held_out['psnr_db']:.2f} dB (bicubic {held_out['bicubic_psnr_db']:.2f} dB), "
+            f"SSIM {held_out['ssim']:.3f}, active channels {held_out['active_channels']}/"
+            f"{held_out['latent_shape'][0]}, scaling_factor "
+            f"{metrics['latent_statistics']['scaling_factor']:.4f}; exported to {metrics['export']['dir']}"
+        )
+        if metrics["export"]["loading_problems"] or not metrics["export"]["outputs_bit_identical"]:
+            tracker.info(f"WARNING: export check failed: {metrics['export']}")
+    accelerator.wait_for_everyone()

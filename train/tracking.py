@@ -1,0 +1,57 @@
+"""What a run tells its user (main process only): a tqdm bar, log.txt, stats.jsonl and TensorBoard."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+
+class RunTracker:
+    def __init__(self, accelerator: Accelerator, run_dir: Path, total_steps: int, start_step: int):
+        self.accelerator = accelerator
+        self.is_main = accelerator.is_main_process
+        self.run_dir = run_dir
+        self.bar = tqdm(total=total_steps, initial=start_step, disable=not self.is_main, unit="step")
+        if self.is_main:
+            accelerator.init_trackers("train")
+
+    def info(self, message: str) -> None:
+        """One line to the terminal (without breaking the bar) and to log.txt."""
+        if self.is_main:
+            self.bar.write(message)
+            with open(self.run_dir / "log.txt", "a") as log:
+                log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+
+    def advance(self) -> None:
+        self.bar.update(1)
+
+    def postfix(self, loss: float) -> None:
+        self.bar.set_postfix(loss=f"{loss:.4f}")
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        if self.is_main:
+            self.accelerator.log(values, step=step)
+            with open(self.run_dir / "stats.jsonl", "a") as stats:
+                stats.write(json.dumps({"step": step, **values}) + "\n")
+
+    def image(self, tag: str, image: torch.Tensor, step: int) -> None:
+        """image (3, H, W) in [0, 1]."""
+        if self.is_main:
+            self.accelerator.get_tracker("tensorboard").log_images(
+                {tag: image[None]}, step, dataformats="NCHW"
+            )
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def read_stats(run_dir: Path) -> list[dict]:
+    path = run_dir / "stats.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
