@@ -44,9 +44,8 @@ from train.runtime import (
     build_accelerator,
     ignore_interrupts_in_worker,
     lr_at,
-    position_generator,
+    position_noise,
     set_lr,
-    slice_noise,
 )
 from train.tracking import RunTracker
 
@@ -112,6 +111,71 @@ def build_loader(
         worker_init_fn=ignore_interrupts_in_worker,
         persistent_workers=False,
     )
+
+
+# ---------------------------------------------------------------------------------------------------
+# The two losses of one step
+
+
+def generator_loss(
+    accelerator: Accelerator,
+    out: dict[str, torch.Tensor],
+    images: torch.Tensor,
+    disc: torch.nn.Module | None,
+    last_layer: torch.nn.Parameter,
+    lpips: LPIPS | None,
+    cfg: AutoencoderTrainConfig,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """NLL + kl_weight * KL (+ adaptive-weighted adversarial term when `disc` is given), fp32.
+
+    The discriminator is frozen and unsynced here: it only passes gradients on to the reconstruction,
+    and none reach its own weights (StyleGAN2-ADA's pattern). `last_layer` is the decoder's output conv
+    weight, against which the adaptive weight balances the two gradients (taming, Eq. 7).
+    """
+    nll, logs = reconstruction_nll(images, out["sample"], out["output_logvar"], cfg.loss, lpips)
+    kl = kl_loss(out["mean"], out["logvar"], pixels_per_image=images[0].numel())
+    loss = nll + cfg.loss.kl_weight * kl
+    logs["train/kl_loss"] = kl.detach()
+    if disc is not None:
+        disc.requires_grad_(False)
+        with accelerator.no_sync(disc):
+            g_adv = generator_adversarial_loss(disc(out["sample"]))
+        disc.requires_grad_(True)
+        weight = adaptive_weight(  # grads all-reduced first, so N processes weigh as 1 process would
+            nll,
+            g_adv,
+            last_layer,
+            cfg.loss.adaptive_weight_max,
+            reduce_grads=lambda grad: accelerator.reduce(grad, "mean"),
+        )
+        loss = loss + cfg.loss.disc_weight * weight * g_adv
+        logs.update({"train/g_adv_loss": g_adv.detach(), "train/adaptive_weight": weight})
+    logs["train/loss"] = loss.detach()
+    return loss, logs
+
+
+def discriminator_loss(
+    disc: torch.nn.Module, images: torch.Tensor, reconstruction: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Hinge loss on real images and detached reconstructions, in one forward (BatchNorm/DDP-safe)."""
+    logits_real, logits_fake = disc(torch.cat([images, reconstruction.detach()])).chunk(2)
+    loss = hinge_discriminator_loss(logits_real, logits_fake)
+    return loss, {
+        "train/d_loss": loss.detach(),
+        "train/logits_real": logits_real.detach().float().mean(),
+        "train/logits_fake": logits_fake.detach().float().mean(),
+    }
+
+
+@torch.no_grad()
+def ema_reconstruction(vae: torch.nn.Module, ema: EMAModel, images: torch.Tensor) -> torch.Tensor:
+    """Posterior-mode reconstructions with the EMA weights (what export will hold), then swap back."""
+    ema.store(vae.parameters())
+    ema.copy_to(vae.parameters())
+    try:
+        return vae(images.to(next(vae.parameters()).device)).sample.float().cpu()
+    finally:
+        ema.restore(vae.parameters())
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -240,8 +304,7 @@ def train(cfg: AutoencoderTrainConfig) -> Path:
         tracker.info(dataset.skip_report())
     fixed_images = torch.stack([dataset[i][0] for i in held_out_indices[: cfg.export.report_samples]])
 
-    pixels_per_image = 3 * cfg.data.resolution_px**2
-    latent_shape = accelerator.unwrap_model(ae).latent_shape(cfg.train.batch_size, cfg.data.resolution_px)
+    latent_shape = accelerator.unwrap_model(ae).latent_shape(cfg.data.resolution_px)
     last_layer = accelerator.unwrap_model(ae).vae.decoder.conv_out.weight
     disc_train_start = max(0, cfg.loss.disc_start_steps - cfg.loss.disc_warmup_steps)
     stop = StopRequest()
@@ -260,46 +323,20 @@ def train(cfg: AutoencoderTrainConfig) -> Path:
             for micro in range(cfg.train.grad_accum_steps):
                 images, _ = next(batches)
                 images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
-                position = progress.samples_seen + micro * global_micro_batch
-                noise = slice_noise(latent_shape, position_generator(cfg.seed, position), rank, world)
+                first = progress.samples_seen + micro * global_micro_batch + rank * cfg.train.batch_size
+                noise = position_noise(range(first, first + len(images)), latent_shape, cfg.seed)
                 with accelerator.accumulate(*models):
                     out = ae(images, noise.to(device))  # through the DDP wrapper: gradients all-reduce
-                    nll, logs = reconstruction_nll(
-                        images, out["sample"], out["output_logvar"], cfg.loss, lpips
+                    g_loss, logs = generator_loss(
+                        accelerator, out, images, disc if gan_enters else None, last_layer, lpips, cfg
                     )
-                    kl = kl_loss(out["mean"], out["logvar"], pixels_per_image)
-                    g_loss = nll + cfg.loss.kl_weight * kl
-                    logs["train/kl_loss"] = kl.detach()
-                    if gan_enters:  # D frozen and unsynced: it only passes gradients to the reconstruction
-                        disc.requires_grad_(False)
-                        with accelerator.no_sync(disc):
-                            g_adv = generator_adversarial_loss(disc(out["sample"]))
-                        disc.requires_grad_(True)
-                        weight = adaptive_weight(
-                            nll,
-                            g_adv,
-                            last_layer,
-                            cfg.loss.adaptive_weight_max,
-                            reduce_grads=lambda g: accelerator.reduce(g, "mean"),
-                        )
-                        g_loss = g_loss + cfg.loss.disc_weight * weight * g_adv
-                        logs.update({"train/g_adv_loss": g_adv.detach(), "train/adaptive_weight": weight})
                     accelerator.backward(g_loss)
                     nonfinite += ~torch.isfinite(g_loss.detach())
-                    logs["train/loss"] = g_loss.detach()
-                    if disc_trains:  # on detached reconstructions; real and fake in one forward
-                        logits = disc(torch.cat([images, out["sample"].detach()]))
-                        logits_real, logits_fake = logits.chunk(2)
-                        d_loss = hinge_discriminator_loss(logits_real, logits_fake)
+                    if disc_trains:
+                        d_loss, d_logs = discriminator_loss(disc, images, out["sample"])
                         accelerator.backward(d_loss)
                         nonfinite += ~torch.isfinite(d_loss.detach())
-                        logs.update(
-                            {
-                                "train/d_loss": d_loss.detach(),
-                                "train/logits_real": logits_real.detach().float().mean(),
-                                "train/logits_fake": logits_fake.detach().float().mean(),
-                            }
-                        )
+                        logs.update(d_logs)
                 for key, value in logs.items():
                     running[key] = running.get(key, 0) + value.float()
                 running_count += 1
@@ -329,8 +366,8 @@ def train(cfg: AutoencoderTrainConfig) -> Path:
                 if progress.consecutive_nonfinite >= cfg.train.max_nonfinite_steps:
                     found = resolve_resume(run_dir, "latest")
                     raise TrainingDiverged(
-                        f"stopped at step {progress.step}: {progress.consecutive_nonfinite} non-finite losses "
-                        f"in a row (train.max_nonfinite_steps); last good checkpoint: {found or 'none'}; "
+                        f"stopped at step {progress.step} after {progress.consecutive_nonfinite} non-finite "
+                        f"losses in a row (train.max_nonfinite_steps); last good checkpoint: {found}; "
                         "lower optim.lr, use bf16 instead of fp16, or raise loss.disc_start_steps"
                     )
             tracker.advance()
@@ -350,17 +387,9 @@ def train(cfg: AutoencoderTrainConfig) -> Path:
                 tracker.postfix(scalars["train/loss"])
                 running, running_count, last_log_time, last_log_step = {}, 0, now, progress.step
             if accelerator.is_main_process and progress.step % cfg.train.image_every_steps == 0:
-                vae = accelerator.unwrap_model(ae).vae
-                ema.store(vae.parameters())
-                ema.copy_to(vae.parameters())
-                with torch.no_grad():
-                    reconstruction = vae(fixed_images.to(device)).sample.float().cpu()
-                ema.restore(vae.parameters())
-                tracker.image(
-                    "val/reconstructions_ema",
-                    reconstruction_grid(fixed_images, reconstruction),
-                    progress.step,
-                )
+                reconstruction = ema_reconstruction(accelerator.unwrap_model(ae).vae, ema, fixed_images)
+                grid = reconstruction_grid(fixed_images, reconstruction)
+                tracker.image("val/reconstructions_ema", grid, progress.step)
             if progress.step % cfg.train.checkpoint_every_steps == 0 or stop_now:
                 saved = checkpoints.save(progress)
                 tracker.info(f"step {progress.step}: checkpoint {saved}")

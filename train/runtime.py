@@ -51,18 +51,18 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def position_generator(seed: int, position: int, stream: int = 0) -> torch.Generator:
-    """A generator for the randomness of one stream position, the same on every process and resume."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + position) * 16 + stream)
+def position_generator(seed: int, position: int) -> torch.Generator:
+    """The generator of one stream position: the same on every process, batch layout and resume."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + position)
 
 
-def slice_noise(
-    shape_per_process: tuple[int, ...], generator: torch.Generator, rank: int, num_processes: int
-) -> torch.Tensor:
-    """Draw noise for the whole global micro-batch and keep this process's rows (so N procs == 1 proc)."""
-    batch = shape_per_process[0]
-    noise = torch.randn((batch * num_processes, *shape_per_process[1:]), generator=generator)
-    return noise[rank * batch : (rank + 1) * batch]
+def position_noise(positions: range, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """N(0, I) noise of `shape` for each stream position, stacked: (len(positions), *shape).
+
+    Drawing per position (not per batch) makes N processes, gradient accumulation and a bigger batch
+    all see the same noise for the same sample, and a resumed run draw what the uninterrupted one did.
+    """
+    return torch.stack([torch.randn(shape, generator=position_generator(seed, p)) for p in positions])
 
 
 class StopRequest:

@@ -50,14 +50,18 @@ def default_heads_path() -> str | None:
     return path if os.path.isfile(path) else None
 
 
-def _load_state(path: str, key: str, hint: str) -> dict[str, Tensor]:
-    """torch.load a state dict with weights_only=True; user-facing errors name the file and the config key."""
+def _require_file(path: str, key: str, hint: str) -> None:
     if not path:
         raise ConfigError(
             f"{key} is not set and no default file was found; set it to the file's path: {hint}"
         )
     if not os.path.isfile(path):
         raise ConfigError(f"{key}: file not found: {path}; {hint}")
+
+
+def _load_state(path: str, key: str, hint: str) -> dict[str, Tensor]:
+    """torch.load a state dict with weights_only=True; user-facing errors name the file and the config key."""
+    _require_file(path, key, hint)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling errors come in many types; the message is what matters
@@ -145,6 +149,8 @@ class LPIPS(nn.Module):
     @classmethod
     def from_files(cls, vgg16_path: str, heads_path: str) -> "LPIPS":
         """Load torchvision's VGG16 ImageNet weights (classifier.* ignored) and LPIPS v0.1 `vgg.pth` heads."""
+        _require_file(str(vgg16_path), "loss.lpips_vgg16_path", VGG16_HINT)  # both present before any work
+        _require_file(str(heads_path), "loss.lpips_heads_path", HEADS_HINT)
         model = cls(random_init=True)
         heads_state = _load_state(str(heads_path), "loss.lpips_heads_path", HEADS_HINT)  # small: check first
         expected_heads = {f"lin{i}.model.1.weight": h.weight for i, h in enumerate(model.heads)}  # (1,C,1,1)

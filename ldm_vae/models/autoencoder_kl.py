@@ -80,9 +80,10 @@ class KLTrainingModule(nn.Module):
             for param in encoder_parameters(vae):
                 param.requires_grad_(False)
 
-    def latent_shape(self, batch_size: int, resolution_px: int) -> tuple[int, int, int, int]:
+    def latent_shape(self, resolution_px: int) -> tuple[int, int, int]:
+        """(c, H/f, W/f) of one image's latent."""
         side = resolution_px // downsampling_factor_of(self.vae)
-        return (batch_size, self.vae.config.latent_channels, side, side)
+        return (self.vae.config.latent_channels, side, side)
 
     def forward(self, images: torch.Tensor, noise: torch.Tensor) -> dict[str, torch.Tensor]:
         """images (b, 3, H, W) in [-1, 1], noise (b, c, H/f, W/f) ~ N(0, I) -> reconstruction, posterior."""

@@ -1,0 +1,31 @@
+# Two commands from a fresh clone: `make demo` (the main job) and `make test`.
+# Each creates and fills .venv on first use. TORCH is overridable, e.g. TORCH="torch torchvision".
+VENV   ?= .venv
+PYTHON ?= python3
+TORCH  ?= torch==2.14.1 torchvision==0.29.1
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test bench lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/ldm-vae train-ae kl-tiny run_dir=runs/demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/train_step.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+clean:
+	rm -rf runs .pytest_cache

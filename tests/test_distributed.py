@@ -1,0 +1,43 @@
+"""Two real processes: `torchrun --nproc_per_node 2` on CPU (gloo), against one process, same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import TINY_OVERRIDES, assert_same_weights, tiny_config
+
+from train.autoencoder import train
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_torchrun_two_processes_stay_in_sync_and_match_one_process(tmp_path):
+    gan = ["train.max_steps=4", "loss.disc_start_steps=2", "loss.disc_warmup_steps=1"]
+    two = tmp_path / "two"
+    command = [
+        *(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"),
+        *(
+            "-m",
+            "train.autoencoder",
+            "kl-tiny",
+            *TINY_OVERRIDES,
+            *gan,
+            "train.batch_size=2",
+            f"run_dir={two}",
+        ),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    completed = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+
+    metrics = json.loads((two / "metrics.json").read_text())
+    assert metrics["num_processes"] == 2
+    assert len(metrics["replica_digests"]) == 2 and metrics["replicas_identical"]
+
+    one = train(tiny_config(tmp_path / "one", *gan, "train.batch_size=4"))
+    assert json.loads((one / "metrics.json").read_text())["samples_seen"] == metrics["samples_seen"]
+    assert_same_weights(two, one)
