@@ -39,6 +39,7 @@ class ModelConfig:
     latent_channels: int = 4  # z channels
     norm_num_groups: int = 32  # GroupNorm groups; must divide every block width
     mid_block_attention: bool = True  # LDM keeps a mid-block attention even with attn_resolutions: []
+    posterior_logvar_init: float | None = None  # start log sigma^2 of the posterior here; None = ~0 (LDM)
     init_from: str | None = None  # a diffusers AutoencoderKL folder to start from (e.g. an SD VAE)
     train_decoder_only: bool = False  # freeze encoder and quant_conv (SD ft-EMA/ft-MSE style)
 

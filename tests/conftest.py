@@ -10,6 +10,7 @@ from accelerate.state import AcceleratorState, GradientState
 from safetensors.torch import load_file
 
 from ldm_vae.config import AutoencoderTrainConfig, load_config
+from train.autoencoder import build_models
 from train.checkpoints import list_checkpoints
 
 # kl-tiny at 16 px on 64 built-in images: a full train -> checkpoint -> export -> report in seconds.
@@ -45,15 +46,20 @@ def fresh_accelerate_state():
     GradientState._reset_state()
 
 
-def assert_same_weights(run_a: Path, run_b: Path) -> None:
-    """Last-checkpoint weights equal up to float summation order.
+def assert_same_training(run_a: Path, run_b: Path, cfg: AutoencoderTrainConfig) -> None:
+    """The two runs moved every weight tensor to the same place, up to float summation order.
 
-    Biases right before a GroupNorm (and attention key biases) have an exactly-zero gradient, so Adam
-    turns their rounding noise into lr-sized steps: only weights are compared. A real difference (other
-    data, other noise, unsynchronised gradients) moves weights by ~1e-3 in these runs.
+    Compared relative to how far training moved each tensor from its (seeded) initial value: Adam turns
+    rounding noise in near-zero gradients into visible steps, so an absolute tolerance is either flaky
+    or meaningless. A real difference (other data, other noise, unsynchronised gradients) is O(1) here.
     """
-    for name in ("ae", "discriminator"):
+    torch.manual_seed(cfg.seed)
+    module, disc = build_models(cfg)
+    initial = {"ae": module.state_dict()} | ({"discriminator": disc.state_dict()} if disc else {})
+    for name, init in initial.items():
         a = load_file(list_checkpoints(run_a)[-1] / f"{name}.safetensors")
         b = load_file(list_checkpoints(run_b)[-1] / f"{name}.safetensors")
         for key in (k for k in a if k.endswith("weight")):
-            torch.testing.assert_close(a[key], b[key], rtol=0, atol=5e-5, msg=f"{name}: {key}")
+            moved = (a[key] - init[key]).norm()
+            assert moved > 0, f"{name}: {key} did not train"
+            assert (a[key] - b[key]).norm() <= 1e-2 * moved, f"{name}: {key} differs between the runs"

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import TINY_OVERRIDES, assert_same_weights, tiny_config
+from conftest import TINY_OVERRIDES, assert_same_training, tiny_config
 
 from train.autoencoder import train
 
@@ -38,6 +38,7 @@ def test_torchrun_two_processes_stay_in_sync_and_match_one_process(tmp_path):
     assert metrics["num_processes"] == 2
     assert len(metrics["replica_digests"]) == 2 and metrics["replicas_identical"]
 
-    one = train(tiny_config(tmp_path / "one", *gan, "train.batch_size=4"))
+    cfg = tiny_config(tmp_path / "one", *gan, "train.batch_size=4")
+    one = train(cfg)
     assert json.loads((one / "metrics.json").read_text())["samples_seen"] == metrics["samples_seen"]
-    assert_same_weights(two, one)
+    assert_same_training(two, one, cfg)

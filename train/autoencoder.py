@@ -37,7 +37,7 @@ from ldm_vae.losses.autoencoder import kl_loss, reconstruction_nll
 from ldm_vae.metrics import kl_per_channel
 from ldm_vae.models import KLTrainingModule, build_autoencoder_kl, downsampling_factor_of
 from ldm_vae.viz import reconstruction_grid
-from train.checkpoints import CheckpointManager, Progress, resolve_resume
+from train.checkpoints import CheckpointManager, Progress, list_checkpoints, resolve_resume
 from train.report import export_and_report, finish_run
 from train.runtime import (
     StopRequest,
@@ -204,6 +204,11 @@ def setup(cfg: AutoencoderTrainConfig) -> Session:
     validate_autoencoder_config(cfg)
     run_dir = Path(cfg.run_dir)
     resume_from = resolve_resume(run_dir, cfg.train.resume)
+    if resume_from is None and list_checkpoints(run_dir):
+        raise ConfigError(
+            f"run_dir={cfg.run_dir!r} already holds checkpoints; continue it with train.resume=latest "
+            "or choose another run_dir (nothing was changed)"
+        )
     accelerator = build_accelerator(
         run_dir, cfg.train.mixed_precision, cfg.train.grad_accum_steps, cfg.train.use_compile
     )
@@ -308,9 +313,9 @@ def train(cfg: AutoencoderTrainConfig) -> Path:
     last_layer = accelerator.unwrap_model(ae).vae.decoder.conv_out.weight
     disc_train_start = max(0, cfg.loss.disc_start_steps - cfg.loss.disc_warmup_steps)
     stop = StopRequest()
-    running: dict[str, torch.Tensor] = {}  # sums over micro-batches since the last log
+    running: dict[str, tuple[torch.Tensor, int]] = {}  # sums over micro-batches since the last log
     grad_norms: dict[str, torch.Tensor] = {}
-    running_count, last_log_time, last_log_step = 0, time.perf_counter(), progress.step
+    last_log_time, last_log_step = time.perf_counter(), progress.step
     try:
         while progress.step < cfg.train.max_steps:
             step = progress.step
@@ -337,9 +342,9 @@ def train(cfg: AutoencoderTrainConfig) -> Path:
                         accelerator.backward(d_loss)
                         nonfinite += ~torch.isfinite(d_loss.detach())
                         logs.update(d_logs)
-                for key, value in logs.items():
-                    running[key] = running.get(key, 0) + value.float()
-                running_count += 1
+                for key, value in logs.items():  # (sum, count): some terms only exist on some steps
+                    total, count = running.get(key, (0.0, 0))
+                    running[key] = (total + value.float(), count + 1)
             assert accelerator.sync_gradients, "the last micro-batch of a step must synchronise gradients"
 
             # One collective decides for every process: skip a non-finite step, stop on a signal.
@@ -374,7 +379,7 @@ def train(cfg: AutoencoderTrainConfig) -> Path:
 
             if progress.step % cfg.train.log_every_steps == 0 or progress.step == cfg.train.max_steps:
                 now = time.perf_counter()
-                scalars = {key: (value / running_count).item() for key, value in running.items()}
+                scalars = {key: (total / count).item() for key, (total, count) in running.items()}
                 scalars.update({key: value.item() for key, value in grad_norms.items()})  # last step
                 scalars["train/lr"] = opt_g.param_groups[0]["lr"]
                 scalars["train/images_per_sec"] = (
@@ -385,12 +390,13 @@ def train(cfg: AutoencoderTrainConfig) -> Path:
                     scalars[f"latent/kl_channel_{channel}"] = value.item()
                 tracker.scalars(progress.step, scalars)
                 tracker.postfix(scalars["train/loss"])
-                running, running_count, last_log_time, last_log_step = {}, 0, now, progress.step
-            if accelerator.is_main_process and progress.step % cfg.train.image_every_steps == 0:
+                running, last_log_time, last_log_step = {}, now, progress.step
+            healthy = progress.consecutive_nonfinite == 0  # no images or checkpoints inside a bad streak
+            if healthy and accelerator.is_main_process and progress.step % cfg.train.image_every_steps == 0:
                 reconstruction = ema_reconstruction(accelerator.unwrap_model(ae).vae, ema, fixed_images)
                 grid = reconstruction_grid(fixed_images, reconstruction)
                 tracker.image("val/reconstructions_ema", grid, progress.step)
-            if progress.step % cfg.train.checkpoint_every_steps == 0 or stop_now:
+            if (healthy and progress.step % cfg.train.checkpoint_every_steps == 0) or stop_now:
                 saved = checkpoints.save(progress)
                 tracker.info(f"step {progress.step}: checkpoint {saved}")
             if stop_now:

@@ -159,6 +159,12 @@ def finish_run(
             f"{held_out['latent_shape'][0]}, scaling_factor "
             f"{metrics['latent_statistics']['scaling_factor']:.4f}; exported to {metrics['export']['dir']}"
         )
+        active, channels = held_out["active_channels"], held_out["latent_shape"][0]
+        if active < channels:
+            tracker.info(
+                f"WARNING: only {active} of {channels} latent channels are active "
+                "(posterior collapse: lower loss.kl_weight or train longer)"
+            )
         if metrics["export"]["loading_problems"] or not metrics["export"]["outputs_bit_identical"]:
             tracker.info(f"WARNING: export check failed: {metrics['export']}")
     accelerator.wait_for_everyone()

@@ -19,6 +19,13 @@ class RunTracker:
         self.bar = tqdm(total=total_steps, initial=start_step, disable=not self.is_main, unit="step")
         if self.is_main:
             accelerator.init_trackers("train")
+            self._forget_rows_after(start_step)
+
+    def _forget_rows_after(self, step: int) -> None:
+        """On resume, rows logged after the checkpoint will be logged again: drop the old ones."""
+        rows = [row for row in read_stats(self.run_dir) if row["step"] <= step]
+        if (self.run_dir / "stats.jsonl").is_file():
+            (self.run_dir / "stats.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
 
     def info(self, message: str) -> None:
         """One line to the terminal (without breaking the bar) and to log.txt."""

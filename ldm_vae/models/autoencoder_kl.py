@@ -22,7 +22,7 @@ def build_autoencoder_kl(model: ModelConfig, resolution_px: int) -> AutoencoderK
     if model.init_from is not None:
         return load_autoencoder_kl(model.init_from, key="model.init_from")
     levels = len(model.block_out_channels)
-    return AutoencoderKL(
+    vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * levels,
@@ -34,6 +34,12 @@ def build_autoencoder_kl(model: ModelConfig, resolution_px: int) -> AutoencoderK
         sample_size=resolution_px,
         mid_block_add_attention=model.mid_block_attention,
     )
+    if model.posterior_logvar_init is not None:
+        # quant_conv outputs (mean, logvar) stacked on channels. A random init starts near logvar 0, i.e.
+        # latents that are mostly noise: short runs spend their first thousands of steps shrinking it.
+        with torch.no_grad():
+            vae.quant_conv.bias[model.latent_channels :] = model.posterior_logvar_init
+    return vae
 
 
 def load_autoencoder_kl(folder: str | Path, key: str = "--model") -> AutoencoderKL:
