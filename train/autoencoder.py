@@ -30,6 +30,8 @@ from ldm_vae.losses import (
     LPIPS,
     PatchDiscriminator,
     adaptive_weight,
+    default_heads_path,
+    default_vgg16_path,
     generator_adversarial_loss,
     hinge_discriminator_loss,
 )
@@ -57,8 +59,6 @@ def build_lpips(loss: LossConfig) -> LPIPS | None:
     """Frozen LPIPS-VGG from local files, or None when the perceptual term is off."""
     if loss.perceptual_weight == 0:
         return None
-    from ldm_vae.losses.perceptual import default_heads_path, default_vgg16_path
-
     return LPIPS.from_files(
         loss.lpips_vgg16_path or default_vgg16_path(), loss.lpips_heads_path or default_heads_path() or ""
     )
@@ -90,7 +90,11 @@ def build_optimizer(params: list[torch.nn.Parameter], cfg: AutoencoderTrainConfi
 
 
 def build_loader(
-    cfg: AutoencoderTrainConfig, accelerator: Accelerator, dataset, train_indices: list[int], start: int
+    cfg: AutoencoderTrainConfig,
+    accelerator: Accelerator,
+    dataset: Dataset,
+    train_indices: list[int],
+    start: int,
 ) -> DataLoader:
     """Each process reads its slice of the global stream; `start` = samples already seen (resume)."""
     view = RandomFlipView(dataset, seed=cfg.seed, p=0.5 if cfg.data.random_flip else 0.0)
@@ -199,12 +203,15 @@ class Session:
     checkpoints: CheckpointManager
 
 
-def setup(cfg: AutoencoderTrainConfig) -> Session:
-    """Validate, build, prepare; restores the state of `train.resume` when set."""
+def setup(cfg: AutoencoderTrainConfig, for_training: bool = True) -> Session:
+    """Validate, build, prepare; restores the state of `train.resume` when set.
+
+    `for_training=False` (export) skips LPIPS, whose weight files an export does not need.
+    """
     validate_autoencoder_config(cfg)
     run_dir = Path(cfg.run_dir)
     resume_from = resolve_resume(run_dir, cfg.train.resume)
-    if resume_from is None and list_checkpoints(run_dir):
+    if for_training and resume_from is None and list_checkpoints(run_dir):
         raise ConfigError(
             f"run_dir={cfg.run_dir!r} already holds checkpoints; continue it with train.resume=latest "
             "or choose another run_dir (nothing was changed)"
@@ -215,7 +222,7 @@ def setup(cfg: AutoencoderTrainConfig) -> Session:
     torch.manual_seed(cfg.seed)  # weight init: the same on every process
     dataset = build_dataset(cfg.data.source, cfg.data.resolution_px, cfg.data.builtin_samples, cfg.seed)
     train_indices, held_out_indices = train_held_out_split(dataset, cfg.data.held_out_samples, cfg.seed)
-    lpips = build_lpips(cfg.loss)
+    lpips = build_lpips(cfg.loss) if for_training else None
     module, disc = build_models(cfg)
 
     device = accelerator.device
@@ -271,7 +278,7 @@ def export_checkpoint(run_dir: str, checkpoint: str = "latest") -> dict[str, obj
     cfg.train.resume = checkpoint
     if resolve_resume(Path(run_dir), checkpoint) is None:
         raise ConfigError(f"--checkpoint={checkpoint!r}: {run_dir}/checkpoints holds no checkpoint")
-    session = setup(cfg)
+    session = setup(cfg, for_training=False)
     vae = session.accelerator.unwrap_model(session.ae).vae
     session.ema.copy_to(vae.parameters())
     extra = {**session.progress.state_dict(), "num_processes": session.accelerator.num_processes}
