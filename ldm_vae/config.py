@@ -127,25 +127,46 @@ def resolve_preset(name_or_path: str) -> Path:
     )
 
 
+@dataclass(frozen=True)
+class RawValue:
+    """An override's text, parsed only once the field's type is known: `run_dir=2024` stays a string,
+    `train.mixed_precision=no` stays "no" (YAML would read False), `loss.kl_weight=1e-6` becomes a float."""
+
+    text: str
+
+
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
-    """`a.b=1e-4` -> {"a": {"b": 0.0001}}; values are YAML scalars or lists."""
+    """`a.b=1e-4` -> {"a": {"b": RawValue("1e-4")}}."""
     tree: dict[str, Any] = {}
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r}: expected key=value, e.g. train.max_steps=1000")
-        try:
-            value = yaml.safe_load(raw) if raw else ""
-        except yaml.YAMLError as error:
-            raise ConfigError(f"override {item!r}: value is not valid YAML ({error.problem})") from None
         node = tree
         *parents, leaf = key.split(".")
         for part in parents:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {part!r} is set both as a value and a section")
-        node[leaf] = value
+        node[leaf] = RawValue(raw)
     return tree
+
+
+def _is_text(hint: Any) -> bool:
+    """str, a Literal of strings, or either of them | None."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
+        return _is_text(args[0])
+    return hint is str or (typing.get_origin(hint) is Literal and all(isinstance(a, str) for a in args))
+
+
+def _parse_raw(raw: RawValue, hint: Any, key: str) -> Any:
+    if _is_text(hint) and raw.text not in ("null", "~"):
+        return raw.text
+    try:
+        return yaml.safe_load(raw.text) if raw.text else ""
+    except yaml.YAMLError as error:
+        raise ConfigError(f"override {key}={raw.text}: value is not valid YAML ({error.problem})") from None
 
 
 def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -176,6 +197,8 @@ def build_config(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
     """Check `value` against a type hint; the few safe conversions YAML needs are done here."""
+    if isinstance(value, RawValue):
+        value = _parse_raw(value, hint, key)
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if dataclasses.is_dataclass(hint):
         return build_config(hint, value, f"{key}.")
@@ -185,6 +208,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         (inner,) = [a for a in args if a is not type(None)]
         return _coerce(value, inner, key)
     if origin is Literal:
+        if isinstance(value, bool) and "no" in args:  # YAML 1.1 reads a bare `no` as False
+            value = "no" if value is False else value
         if value not in args:
             raise ConfigError(f"{key}={value!r}: must be one of {', '.join(map(repr, args))}")
         return value

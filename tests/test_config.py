@@ -37,6 +37,18 @@ def test_overrides_are_typed():
     assert load_config(AutoencoderTrainConfig, "kl-tiny", ["model.init_from=null"]).model.init_from is None
 
 
+def test_text_values_stay_text():
+    """YAML would read `no` as False and `2024` as an int; a string field keeps what was typed."""
+    cfg = load_config(AutoencoderTrainConfig, "kl-tiny", ["train.mixed_precision=no", "run_dir=2024"])
+    assert cfg.train.mixed_precision == "no" and cfg.run_dir == "2024"
+
+
+def test_bare_no_in_a_yaml_file_means_the_string(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("train:\n  mixed_precision: no\n")
+    assert load_config(AutoencoderTrainConfig, str(path)).train.mixed_precision == "no"
+
+
 @pytest.mark.parametrize(
     "override, expected",
     [
