@@ -32,8 +32,23 @@ class DataConfig:
 
 
 @dataclass
+class QuantizerConfig:
+    """VQ only (model.kind: vq). Defaults: the techniques that keep a codebook alive (vq_anchors.md 1.4)."""
+
+    num_codes: int = 16384  # codebook size k
+    code_dim: int | None = 8  # lookup dimension (projections fold into quant_conv at export); None = latent
+    update: Literal["ema", "gradient"] = "ema"  # EMA codebook, or the plain VQ-VAE codebook loss
+    decay: float = 0.99  # EMA decay of the codebook statistics
+    use_cosine: bool = True  # l2-normalised tokens and codes (stored unit-norm, so export is exact)
+    kmeans_init: bool = True  # k-means on the first batch instead of a uniform init
+    dead_code_window_steps: int = 100  # re-seed codes unused for this many steps; 0 = never
+    commitment_weight: float = 0.25  # beta, on the encoder term (VQ-VAE eq. 3, not diffusers' legacy order)
+    usage_warning_below: float = 0.5  # warn when held-out codebook usage falls below this fraction
+
+
+@dataclass
 class ModelConfig:
-    kind: Literal["kl"] = "kl"  # autoencoder family (VQ arrives with its own issue)
+    kind: Literal["kl", "vq"] = "kl"  # AutoencoderKL or VQModel
     block_out_channels: list[int] = field(default_factory=lambda: [128, 256, 512, 512])  # f = 2**(len-1)
     layers_per_block: int = 2  # ResNet blocks per resolution level (LDM num_res_blocks)
     latent_channels: int = 4  # z channels
@@ -42,6 +57,7 @@ class ModelConfig:
     posterior_logvar_init: float | None = None  # start log sigma^2 of the posterior here; None = ~0 (LDM)
     init_from: str | None = None  # a diffusers AutoencoderKL folder to start from (e.g. an SD VAE)
     train_decoder_only: bool = False  # freeze encoder and quant_conv (SD ft-EMA/ft-MSE style)
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)  # kind: vq only
 
 
 @dataclass
@@ -51,6 +67,7 @@ class LossConfig:
     lpips_vgg16_path: str = ""  # torchvision VGG16 weights; "" = torch hub cache
     lpips_heads_path: str = ""  # LPIPS v0.1 vgg.pth; "" = the file inside an installed `lpips` package
     kl_weight: float = 1e-6  # beta, relative to the per-pixel SUM as in LDM (see losses/autoencoder.py)
+    codebook_weight: float = 1.0  # weight of the quantizer's loss (kind: vq), as taming's codebook_weight
     learn_logvar: bool = False  # learn the output log-variance (it really is optimised here)
     logvar_init: float = 0.0  # initial output log-variance
     disc_weight: float = 0.5  # PatchGAN weight on top of the adaptive weight; 0 disables the GAN
@@ -279,6 +296,45 @@ def downsampling_factor(model: ModelConfig) -> int:
     return 2 ** (len(model.block_out_channels) - 1)
 
 
+def validate_quantizer(model: ModelConfig, loss: LossConfig) -> None:
+    """What a diffusers VQModel export can represent, and what the quantizer can train."""
+    q = model.quantizer
+    code_dim = q.code_dim or model.latent_channels
+    _require(q.num_codes >= 2, f"model.quantizer.num_codes={q.num_codes}: needs at least 2 codes")
+    _require(
+        q.num_codes <= 2**31 - 1,
+        f"model.quantizer.num_codes={q.num_codes}: VQModel's nn.Embedding indices must fit int32 for tokens",
+    )
+    _require(code_dim >= 1, f"model.quantizer.code_dim={q.code_dim}: must be >= 1")
+    _require(
+        not (q.use_cosine and code_dim == 1 and q.num_codes > 2),
+        f"model.quantizer.code_dim=1 with use_cosine=true: only 2 unit vectors exist in 1-D, not "
+        f"{q.num_codes} codes; raise code_dim or set use_cosine=false",
+    )
+    _require(0 < q.decay < 1, f"model.quantizer.decay={q.decay}: must be in (0, 1)")
+    _require(
+        q.commitment_weight >= 0, f"model.quantizer.commitment_weight={q.commitment_weight}: must be >= 0"
+    )
+    _require(
+        q.dead_code_window_steps >= 0,
+        f"model.quantizer.dead_code_window_steps={q.dead_code_window_steps}: must be >= 0 (0 disables)",
+    )
+    _require(
+        0 <= q.usage_warning_below <= 1,
+        f"model.quantizer.usage_warning_below={q.usage_warning_below}: in [0, 1]",
+    )
+    _require(
+        model.init_from is None, "model.init_from with model.kind=vq: not supported yet; start from scratch"
+    )
+    _require(
+        not loss.learn_logvar, "loss.learn_logvar=true: only for model.kind=kl (taming's VQ NLL has none)"
+    )
+    _require(
+        model.posterior_logvar_init is None,
+        "model.posterior_logvar_init: only for model.kind=kl (a VQ encoder has no posterior variance)",
+    )
+
+
 def validate_autoencoder_config(cfg: AutoencoderTrainConfig) -> None:
     data, model, loss, optim, train = cfg.data, cfg.model, cfg.loss, cfg.optim, cfg.train
     factor = downsampling_factor(model)
@@ -293,6 +349,8 @@ def validate_autoencoder_config(cfg: AutoencoderTrainConfig) -> None:
     _require(model.norm_num_groups >= 1, f"model.norm_num_groups={model.norm_num_groups}: must be >= 1")
     _require(model.latent_channels >= 1, f"model.latent_channels={model.latent_channels}: must be >= 1")
     _require(model.layers_per_block >= 1, f"model.layers_per_block={model.layers_per_block}: must be >= 1")
+    if model.kind == "vq":
+        validate_quantizer(model, loss)
     _require(
         not model.train_decoder_only or model.init_from is not None,
         "model.train_decoder_only=true needs model.init_from: a frozen random encoder learns nothing",
@@ -306,7 +364,7 @@ def validate_autoencoder_config(cfg: AutoencoderTrainConfig) -> None:
     _require(data.builtin_samples >= 2, f"data.builtin_samples={data.builtin_samples}: must be >= 2")
     _require(data.held_out_samples >= 1, f"data.held_out_samples={data.held_out_samples}: must be >= 1")
     _require(data.num_workers >= 0, f"data.num_workers={data.num_workers}: must be >= 0")
-    for name in ("perceptual_weight", "kl_weight", "disc_weight"):
+    for name in ("perceptual_weight", "kl_weight", "codebook_weight", "disc_weight"):
         value = getattr(loss, name)
         _require(value >= 0, f"loss.{name}={value}: must be >= 0")
     _require(loss.disc_start_steps >= 0, f"loss.disc_start_steps={loss.disc_start_steps}: must be >= 0")

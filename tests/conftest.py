@@ -32,8 +32,17 @@ TINY_OVERRIDES = [
 ]
 
 
-def tiny_config(run_dir, *overrides: str) -> AutoencoderTrainConfig:
-    return load_config(AutoencoderTrainConfig, "kl-tiny", [*TINY_OVERRIDES, f"run_dir={run_dir}", *overrides])
+# vq-tiny likewise, with a codebook the few tokens of a tiny run can fill.
+TINY_VQ_OVERRIDES = [
+    *TINY_OVERRIDES,
+    "model.quantizer.num_codes=32",
+    "model.quantizer.dead_code_window_steps=2",
+]
+
+
+def tiny_config(run_dir, *overrides: str, kind: str = "kl") -> AutoencoderTrainConfig:
+    preset, tiny = ("vq-tiny", TINY_VQ_OVERRIDES) if kind == "vq" else ("kl-tiny", TINY_OVERRIDES)
+    return load_config(AutoencoderTrainConfig, preset, [*tiny, f"run_dir={run_dir}", *overrides])
 
 
 @pytest.fixture(autouse=True)

@@ -14,7 +14,7 @@ from ldm_vae.errors import ConfigError
 from train.cli import main
 
 
-@pytest.mark.parametrize("preset", sorted(p.stem for p in PRESET_DIR.glob("kl-*.yaml")))
+@pytest.mark.parametrize("preset", sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
 def test_every_preset_loads_and_validates(preset):
     cfg = load_config(AutoencoderTrainConfig, preset)
     validate_autoencoder_config(cfg)
@@ -86,10 +86,14 @@ def test_bad_keys_and_types_name_the_key(override, expected):
         ("optim.adam_betas=[0.9]", "optim.adam_betas=[0.9]: must be two numbers in [0, 1)"),
         ("train.ema_decay=1.0", "train.ema_decay=1.0: must be in [0, 1)"),
         ("model.train_decoder_only=true", "model.train_decoder_only=true needs model.init_from"),
+        ("model.kind=vq model.quantizer.num_codes=1", "model.quantizer.num_codes=1: needs at least 2 codes"),
+        ("model.kind=vq model.quantizer.code_dim=1", "code_dim=1 with use_cosine=true: only 2 unit vectors"),
+        ("model.kind=vq loss.learn_logvar=true", "loss.learn_logvar=true: only for model.kind=kl"),
+        ("model.kind=vq model.quantizer.decay=1", "model.quantizer.decay=1.0: must be in (0, 1)"),
     ],
 )
 def test_bad_values_name_the_key(override, expected):
-    cfg = load_config(AutoencoderTrainConfig, "kl-tiny", [override])
+    cfg = load_config(AutoencoderTrainConfig, "kl-tiny", override.split())
     with pytest.raises(ConfigError) as error:
         validate_autoencoder_config(cfg)
     assert expected in str(error.value)

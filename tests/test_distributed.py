@@ -8,23 +8,27 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import TINY_OVERRIDES, assert_same_training, tiny_config
+import pytest
+from conftest import TINY_OVERRIDES, TINY_VQ_OVERRIDES, assert_same_training, tiny_config
 
 from train.autoencoder import train
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_torchrun_two_processes_stay_in_sync_and_match_one_process(tmp_path):
+@pytest.mark.parametrize("kind", ["kl", "vq"])
+def test_torchrun_two_processes_stay_in_sync_and_match_one_process(tmp_path, kind):
+    """For VQ the digests cover the codebook and its EMA statistics: every rank holds the same codebook."""
     gan = ["train.max_steps=4", "loss.disc_start_steps=2", "loss.disc_warmup_steps=1"]
     two = tmp_path / "two"
+    preset, tiny = ("vq-tiny", TINY_VQ_OVERRIDES) if kind == "vq" else ("kl-tiny", TINY_OVERRIDES)
     command = [
         *(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"),
         *(
             "-m",
             "train.autoencoder",
-            "kl-tiny",
-            *TINY_OVERRIDES,
+            preset,
+            *tiny,
             *gan,
             "train.batch_size=2",
             f"run_dir={two}",
@@ -38,7 +42,7 @@ def test_torchrun_two_processes_stay_in_sync_and_match_one_process(tmp_path):
     assert metrics["num_processes"] == 2
     assert len(metrics["replica_digests"]) == 2 and metrics["replicas_identical"]
 
-    cfg = tiny_config(tmp_path / "one", *gan, "train.batch_size=4")
+    cfg = tiny_config(tmp_path / "one", *gan, "train.batch_size=4", kind=kind)
     one = train(cfg)
     assert json.loads((one / "metrics.json").read_text())["samples_seen"] == metrics["samples_seen"]
     assert_same_training(two, one, cfg)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -138,7 +139,8 @@ def test_resume_after_ctrl_c_ends_with_the_weights_of_an_uninterrupted_run(tmp_p
         *steps,
         f"run_dir={interrupted}",
     ]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}  # same float sums as in-process
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     stats = interrupted / "stats.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and (not stats.exists() or len(stats.read_text().splitlines()) < 3):

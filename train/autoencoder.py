@@ -37,7 +37,13 @@ from ldm_vae.losses import (
 )
 from ldm_vae.losses.autoencoder import kl_loss, reconstruction_nll
 from ldm_vae.metrics import kl_per_channel
-from ldm_vae.models import KLTrainingModule, build_autoencoder_kl, downsampling_factor_of
+from ldm_vae.models import (
+    KLTrainingModule,
+    VQTrainingModule,
+    build_autoencoder_kl,
+    build_vqmodel,
+    downsampling_factor_of,
+)
 from ldm_vae.viz import reconstruction_grid
 from train.checkpoints import CheckpointManager, Progress, list_checkpoints, resolve_resume
 from train.report import export_and_report, finish_run
@@ -64,15 +70,22 @@ def build_lpips(loss: LossConfig) -> LPIPS | None:
     )
 
 
-def build_models(cfg: AutoencoderTrainConfig) -> tuple[KLTrainingModule, PatchDiscriminator | None]:
-    vae = build_autoencoder_kl(cfg.model, cfg.data.resolution_px)
-    factor = downsampling_factor_of(vae)
-    if cfg.data.resolution_px % factor:
-        raise ConfigError(
-            f"data.resolution_px={cfg.data.resolution_px}: not divisible by the downsampling factor {factor} "
-            f"of model.init_from={cfg.model.init_from!r}"
+def build_models(
+    cfg: AutoencoderTrainConfig,
+) -> tuple[KLTrainingModule | VQTrainingModule, PatchDiscriminator | None]:
+    if cfg.model.kind == "vq":
+        module = VQTrainingModule(build_vqmodel(cfg.model, cfg.data.resolution_px, cfg.seed))
+    else:
+        vae = build_autoencoder_kl(cfg.model, cfg.data.resolution_px)
+        factor = downsampling_factor_of(vae)
+        if cfg.data.resolution_px % factor:
+            raise ConfigError(
+                f"data.resolution_px={cfg.data.resolution_px}: not divisible by the downsampling factor "
+                f"{factor} of model.init_from={cfg.model.init_from!r}"
+            )
+        module = KLTrainingModule(
+            vae, cfg.loss.learn_logvar, cfg.loss.logvar_init, cfg.model.train_decoder_only
         )
-    module = KLTrainingModule(vae, cfg.loss.learn_logvar, cfg.loss.logvar_init, cfg.model.train_decoder_only)
     disc = None
     if cfg.loss.disc_weight > 0:
         disc = PatchDiscriminator(3, cfg.loss.disc_channels, cfg.loss.disc_layers, cfg.loss.disc_norm)
@@ -130,16 +143,23 @@ def generator_loss(
     lpips: LPIPS | None,
     cfg: AutoencoderTrainConfig,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """NLL + kl_weight * KL (+ adaptive-weighted adversarial term when `disc` is given), fp32.
+    """NLL + kl_weight * KL or codebook_weight * VQ loss (+ the adaptive-weighted adversarial term when
+    `disc` is given), fp32.
 
     The discriminator is frozen and unsynced here: it only passes gradients on to the reconstruction,
     and none reach its own weights (StyleGAN2-ADA's pattern). `last_layer` is the decoder's output conv
     weight, against which the adaptive weight balances the two gradients (taming, Eq. 7).
     """
-    nll, logs = reconstruction_nll(images, out["sample"], out["output_logvar"], cfg.loss, lpips)
-    kl = kl_loss(out["mean"], out["logvar"], pixels_per_image=images[0].numel())
-    loss = nll + cfg.loss.kl_weight * kl
-    logs["train/kl_loss"] = kl.detach()
+    nll, logs = reconstruction_nll(images, out["sample"], out.get("output_logvar"), cfg.loss, lpips)
+    if "logvar" in out:  # KL posterior
+        kl = kl_loss(out["mean"], out["logvar"], pixels_per_image=images[0].numel())
+        loss = nll + cfg.loss.kl_weight * kl
+        logs["train/kl_loss"] = kl.detach()
+    else:  # VQ: commitment (+ codebook term in gradient mode), already a mean, as taming's
+        loss = nll + cfg.loss.codebook_weight * out["vq_loss"]
+        logs["train/vq_loss"] = out["vq_loss"].detach()
+        logs["codebook/batch_usage"] = (out["usage"] > 0).float().mean()
+        logs["codebook/perplexity"] = out["perplexity"].detach()
     if disc is not None:
         disc.requires_grad_(False)
         with accelerator.no_sync(disc):
@@ -228,7 +248,7 @@ def setup(cfg: AutoencoderTrainConfig, for_training: bool = True) -> Session:
     device = accelerator.device
     memory_format = torch.channels_last if cfg.train.use_channels_last else torch.contiguous_format
     module.to(device, memory_format=memory_format)
-    ema = EMAModel(module.vae.parameters(), decay=cfg.train.ema_decay)
+    ema = EMAModel(module.autoencoder.parameters(), decay=cfg.train.ema_decay)
     ema.to(device)
     models, optimizers = [module], [build_optimizer(list(module.parameters()), cfg)]
     if disc is not None:
@@ -279,7 +299,7 @@ def export_checkpoint(run_dir: str, checkpoint: str = "latest") -> dict[str, obj
     if resolve_resume(Path(run_dir), checkpoint) is None:
         raise ConfigError(f"--checkpoint={checkpoint!r}: {run_dir}/checkpoints holds no checkpoint")
     session = setup(cfg, for_training=False)
-    vae = session.accelerator.unwrap_model(session.ae).vae
+    vae = session.accelerator.unwrap_model(session.ae).autoencoder
     session.ema.copy_to(vae.parameters())
     extra = {**session.progress.state_dict(), "num_processes": session.accelerator.num_processes}
     return export_and_report(
@@ -317,7 +337,9 @@ def train(cfg: AutoencoderTrainConfig) -> Path:
     fixed_images = torch.stack([dataset[i][0] for i in held_out_indices[: cfg.export.report_samples]])
 
     latent_shape = accelerator.unwrap_model(ae).latent_shape(cfg.data.resolution_px)
-    last_layer = accelerator.unwrap_model(ae).vae.decoder.conv_out.weight
+    autoencoder = accelerator.unwrap_model(ae).autoencoder  # the diffusers model inside the wrapper
+    last_layer = autoencoder.decoder.conv_out.weight
+    uses_noise = cfg.model.kind == "kl"
     disc_train_start = max(0, cfg.loss.disc_start_steps - cfg.loss.disc_warmup_steps)
     stop = StopRequest()
     running: dict[str, tuple[torch.Tensor, int]] = {}  # sums over micro-batches since the last log
@@ -336,9 +358,10 @@ def train(cfg: AutoencoderTrainConfig) -> Path:
                 images, _ = next(batches)
                 images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
                 first = progress.samples_seen + micro * global_micro_batch + rank * cfg.train.batch_size
-                noise = position_noise(range(first, first + len(images)), latent_shape, cfg.seed)
+                positions = range(first, first + len(images))
+                noise = position_noise(positions, latent_shape, cfg.seed).to(device) if uses_noise else None
                 with accelerator.accumulate(*models):
-                    out = ae(images, noise.to(device))  # through the DDP wrapper: gradients all-reduce
+                    out = ae(images, noise)  # through the DDP wrapper: gradients all-reduce
                     g_loss, logs = generator_loss(
                         accelerator, out, images, disc if gan_enters else None, last_layer, lpips, cfg
                     )
@@ -364,7 +387,7 @@ def train(cfg: AutoencoderTrainConfig) -> Path:
                 if disc_trains:
                     grad_norms["train/grad_norm_disc"] = accelerator.clip_grad_norm_(disc.parameters(), clip)
                     opt_d.step()
-                ema.step(accelerator.unwrap_model(ae).vae.parameters())
+                ema.step(autoencoder.parameters())
             for optimizer in optimizers:
                 optimizer.zero_grad(set_to_none=True)
             progress.step += 1
@@ -393,14 +416,18 @@ def train(cfg: AutoencoderTrainConfig) -> Path:
                     (progress.step - last_log_step) * global_micro_batch * cfg.train.grad_accum_steps
                 ) / (now - last_log_time)
                 scalars["train/nonfinite_steps"] = progress.nonfinite_steps
-                for channel, value in enumerate(kl_per_channel(out["mean"].detach(), out["logvar"].detach())):
-                    scalars[f"latent/kl_channel_{channel}"] = value.item()
+                if "logvar" in out:
+                    kl = kl_per_channel(out["mean"].detach(), out["logvar"].detach())
+                    scalars.update({f"latent/kl_channel_{c}": value.item() for c, value in enumerate(kl)})
+                else:
+                    scalars["codebook/dead_codes"] = autoencoder.quantize.dead_codes()
+                    scalars["codebook/restarted_codes"] = autoencoder.quantize.last_restarts  # last step
                 tracker.scalars(progress.step, scalars)
                 tracker.postfix(scalars["train/loss"])
                 running, last_log_time, last_log_step = {}, now, progress.step
             healthy = progress.consecutive_nonfinite == 0  # no images or checkpoints inside a bad streak
             if healthy and accelerator.is_main_process and progress.step % cfg.train.image_every_steps == 0:
-                reconstruction = ema_reconstruction(accelerator.unwrap_model(ae).vae, ema, fixed_images)
+                reconstruction = ema_reconstruction(autoencoder, ema, fixed_images)
                 grid = reconstruction_grid(fixed_images, reconstruction)
                 tracker.image("val/reconstructions_ema", grid, progress.step)
             if (healthy and progress.step % cfg.train.checkpoint_every_steps == 0) or stop_now:

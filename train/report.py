@@ -14,17 +14,17 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
-from diffusers import AutoencoderKL
+from diffusers import AutoencoderKL, ModelMixin
 from diffusers.training_utils import EMAModel
+from ldm_vae.models.quantizer import codebook_usage
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ldm_vae.config import AutoencoderTrainConfig
 from ldm_vae.metrics import active_channels, bicubic_baseline, kl_per_channel, psnr, ssim
-from ldm_vae.models import downsampling_factor_of
 from ldm_vae.viz import save_loss_curves, save_reconstruction_grid
 from train.checkpoints import Progress
-from train.export import export_autoencoder, measure_latent_statistics, verify_export
+from train.export import exportable, measure_latent_statistics, save_export, verify_export
 from train.tracking import RunTracker, read_stats
 
 PSNR_CAP_DB = 100.0  # identical images have infinite PSNR; capped so averages stay finite
@@ -32,6 +32,8 @@ LOSS_CURVE_KEYS = [
     "train/loss",
     "train/rec_loss",
     "train/kl_loss",
+    "train/vq_loss",
+    "codebook/batch_usage",
     "train/g_adv_loss",
     "train/d_loss",
     "train/adaptive_weight",
@@ -39,62 +41,82 @@ LOSS_CURVE_KEYS = [
 
 
 @torch.no_grad()
+def encode_decode(model: ModelMixin, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Deterministic reconstruction and the latents it came from: the posterior mode (KL), or the
+    pre-quantisation latents and their codes (VQ)."""
+    if isinstance(model, AutoencoderKL):
+        posterior = model.encode(images).latent_dist
+        return model.decode(posterior.mean).sample, posterior.mean, {"logvar": posterior.logvar}
+    latents = model.encode(images).latents  # (b, c, h, w)
+    _, _, (_, _, codes) = model.quantize(latents)
+    return model.decode(latents).sample, latents, {"indices": codes.reshape(len(images), -1)}
+
+
+@torch.no_grad()
 def evaluate_reconstruction(
-    vae: AutoencoderKL, dataset: Dataset, indices: list[int], batch_size: int
+    model: ModelMixin, dataset: Dataset, indices: list[int], batch_size: int
 ) -> dict[str, object]:
-    """Held-out fidelity of the posterior mode, the bicubic floor at the latent size, latent diagnostics."""
-    device = next(vae.parameters()).device
-    factor = downsampling_factor_of(vae)
+    """Held-out fidelity, the bicubic floor at the latent size, and latent (KL) or codebook (VQ) health."""
+    device = next(model.parameters()).device
+    factor = 2 ** (len(model.config.block_out_channels) - 1)
     scores: dict[str, list[torch.Tensor]] = {"psnr": [], "ssim": [], "bicubic_psnr": []}
-    means, kl_sums = [], []
+    means, kl_sums, codes = [], [], []
     for images, _ in DataLoader(Subset(dataset, indices), batch_size=batch_size):
         images = images.to(device)
-        posterior = vae.encode(images).latent_dist
-        reconstruction = vae.decode(posterior.mean).sample.float().clamp(-1, 1)
+        reconstruction, latents, extra = encode_decode(model, images)
+        reconstruction = reconstruction.float().clamp(-1, 1)
         scores["psnr"].append(psnr(reconstruction, images).clamp(max=PSNR_CAP_DB).cpu())
         scores["ssim"].append(ssim(reconstruction, images).cpu())
-        scores["bicubic_psnr"].append(
-            psnr(bicubic_baseline(images, factor), images).clamp(max=PSNR_CAP_DB).cpu()
-        )
-        means.append(posterior.mean.float().cpu())
-        kl_sums.append(kl_per_channel(posterior.mean.float(), posterior.logvar.float()).cpu() * len(images))
+        bicubic = bicubic_baseline(images, factor)
+        scores["bicubic_psnr"].append(psnr(bicubic, images).clamp(max=PSNR_CAP_DB).cpu())
+        means.append(latents.float().cpu())
+        if "logvar" in extra:
+            kl_sums.append(kl_per_channel(latents.float(), extra["logvar"].float()).cpu() * len(images))
+        else:
+            codes.append(extra["indices"].cpu())
     all_means = torch.cat(means)  # (n, c, h, w)
     active, variances = active_channels(all_means)
     result = {key: torch.cat(values).mean().item() for key, values in scores.items()}
-    return {
+    report = {
         "images": len(indices),
         "psnr_db": result["psnr"],
         "ssim": result["ssim"],
         "bicubic_psnr_db": result["bicubic_psnr"],
         "beats_bicubic": result["psnr"] > result["bicubic_psnr"],
         "latent_shape": list(all_means.shape[1:]),
-        "kl_per_channel": (torch.stack(kl_sums).sum(0) / len(indices)).tolist(),
         "active_channels": active,
-        "posterior_mean_variance_per_channel": variances.tolist(),
+        "latent_variance_per_channel": variances.tolist(),
     }
+    if kl_sums:
+        report["kl_per_channel"] = (torch.stack(kl_sums).sum(0) / len(indices)).tolist()
+    else:
+        report["codebook"] = codebook_usage(torch.cat(codes), model.config.num_vq_embeddings)
+    return report
 
 
 def export_and_report(
     cfg: AutoencoderTrainConfig,
-    vae: AutoencoderKL,
+    vae: ModelMixin,
     dataset: Dataset,
     train_indices: list[int],
     held_out_indices: list[int],
     extra: dict[str, object],
 ) -> dict[str, object]:
-    """`vae` must already hold the weights to export (the EMA). Writes everything into cfg.run_dir."""
+    """`vae` (AutoencoderKL, or VQModel with our quantizer) must hold the weights to export (the EMA).
+    Writes everything into cfg.run_dir."""
     run_dir = Path(cfg.run_dir)
     vae.eval()
+    device = next(vae.parameters()).device
     batch_size = max(cfg.train.batch_size, 8)
     scaling_indices = train_indices[: cfg.export.scaling_samples]
-    statistics = measure_latent_statistics(vae, dataset, scaling_indices, batch_size, cfg.seed)
-    export_dir = export_autoencoder(vae, run_dir / "export", statistics["scaling_factor"])
+    exported = exportable(vae).to(device)
+    statistics = measure_latent_statistics(exported, dataset, scaling_indices, batch_size, cfg.seed)
+    export_dir = save_export(exported.to("cpu"), run_dir / "export", statistics["scaling_factor"])
     sample_images = torch.stack([dataset[i][0] for i in held_out_indices[: cfg.export.report_samples]])
     export_check = verify_export(vae, export_dir, sample_images)
     held_out = evaluate_reconstruction(vae, dataset, held_out_indices, batch_size)
 
     with torch.no_grad():
-        device = next(vae.parameters()).device
         reconstructions = vae(sample_images.to(device)).sample.float().clamp(-1, 1).cpu()
     save_reconstruction_grid(sample_images, reconstructions, run_dir / "reconstructions.png")
     stats = read_stats(run_dir)
@@ -110,6 +132,15 @@ def export_and_report(
     }
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
+
+
+def export_ok(check: dict[str, object]) -> bool:
+    """No key problems, and the same outputs (VQ: the same codes, outputs up to the folding's rounding)."""
+    if check["loading_problems"]:
+        return False
+    if "indices_identical" in check:
+        return bool(check["indices_identical"]) and check["max_abs_difference"] < 1e-4
+    return bool(check["outputs_bit_identical"])
 
 
 def replica_digest(models: list[nn.Module]) -> str:
@@ -135,7 +166,7 @@ def finish_run(
     """On every process; `models` = [ae, disc] as prepared. Only the main process exports and reports."""
     digests = gather_object([replica_digest([accelerator.unwrap_model(m) for m in models])])  # collective
     if accelerator.is_main_process:
-        vae = accelerator.unwrap_model(models[0]).vae
+        vae = accelerator.unwrap_model(models[0]).autoencoder
         extra = {
             "step": progress.step,
             "samples_seen": progress.samples_seen,
@@ -160,11 +191,21 @@ def finish_run(
             f"{metrics['latent_statistics']['scaling_factor']:.4f}; exported to {metrics['export']['dir']}"
         )
         active, channels = held_out["active_channels"], held_out["latent_shape"][0]
-        if active < channels:
+        if "kl_per_channel" in held_out and active < channels:
             tracker.info(
                 f"WARNING: only {active} of {channels} latent channels are active "
                 "(posterior collapse: lower loss.kl_weight or train longer)"
             )
-        if metrics["export"]["loading_problems"] or not metrics["export"]["outputs_bit_identical"]:
+        if "codebook" in held_out:
+            usage = held_out["codebook"]
+            tracker.info(
+                f"codebook: {usage['usage']:.1%} of codes used, perplexity {usage['perplexity']:.1f}"
+            )
+            if usage["usage"] < cfg.model.quantizer.usage_warning_below:
+                tracker.info(
+                    f"WARNING: codebook usage {usage['usage']:.1%} is below "
+                    f"model.quantizer.usage_warning_below={cfg.model.quantizer.usage_warning_below}"
+                )
+        if not export_ok(metrics["export"]):
             tracker.info(f"WARNING: export check failed: {metrics['export']}")
     accelerator.wait_for_everyone()

@@ -21,11 +21,13 @@ from ldm_vae.losses.perceptual import LPIPS
 def reconstruction_nll(
     images: torch.Tensor,
     reconstruction: torch.Tensor,
-    output_logvar: torch.Tensor,
+    output_logvar: torch.Tensor | None,
     cfg: LossConfig,
     lpips: LPIPS | None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Per-pixel NLL of LDM: (|x - x'| + w_p * LPIPS) / exp(s) + s, averaged (fp32)."""
+    """Per-pixel NLL of LDM: (|x - x'| + w_p * LPIPS) / exp(s) + s, averaged (fp32).
+
+    Without an output log-variance (VQ) this is taming's mean(|x - x'| + w_p * LPIPS)."""
     images, reconstruction = images.float(), reconstruction.float()
     error = reconstruction - images
     pixel = error.abs() if cfg.reconstruction == "l1" else error.square()
@@ -35,9 +37,11 @@ def reconstruction_nll(
         perceptual = lpips(images, reconstruction)  # (b,), one value per image broadcast over its pixels
         per_image = per_image + cfg.perceptual_weight * perceptual
         logs["train/perceptual_loss"] = perceptual.mean().detach()
+    logs["train/rec_loss"] = per_image.mean().detach()
+    if output_logvar is None:
+        return per_image.mean(), logs
     logvar = output_logvar.float()
     nll = (per_image / logvar.exp() + logvar).mean()
-    logs["train/rec_loss"] = per_image.mean().detach()
     logs["train/nll"] = nll.detach()
     logs["train/output_logvar"] = logvar.detach()
     return nll, logs

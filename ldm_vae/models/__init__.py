@@ -6,5 +6,22 @@ from ldm_vae.models.autoencoder_kl import (
     downsampling_factor_of,
     load_autoencoder_kl,
 )
+from ldm_vae.models.vq_model import (
+    VQTrainingModule,
+    build_vqmodel,
+    export_vqmodel,
+    image_to_indices,
+    indices_to_image,
+)
 
-__all__ = ["KLTrainingModule", "build_autoencoder_kl", "downsampling_factor_of", "load_autoencoder_kl"]
+__all__ = [
+    "KLTrainingModule",
+    "VQTrainingModule",
+    "build_autoencoder_kl",
+    "build_vqmodel",
+    "downsampling_factor_of",
+    "export_vqmodel",
+    "image_to_indices",
+    "indices_to_image",
+    "load_autoencoder_kl",
+]

@@ -86,6 +86,10 @@ class KLTrainingModule(nn.Module):
             for param in encoder_parameters(vae):
                 param.requires_grad_(False)
 
+    @property
+    def autoencoder(self) -> AutoencoderKL:
+        return self.vae
+
     def latent_shape(self, resolution_px: int) -> tuple[int, int, int]:
         """(c, H/f, W/f) of one image's latent."""
         side = resolution_px // downsampling_factor_of(self.vae)

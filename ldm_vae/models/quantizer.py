@@ -1,0 +1,359 @@
+"""Vector quantizer with an EMA codebook: the training-time replacement for `diffusers.VQModel.quantize`.
+
+Papers: VQ-VAE (van den Oord et al. 2017, eq. 3; EMA codebook updates from Appendix A.1); k-means init on the
+first batch (SoundStream, Zeghidour et al. 2021); restarting dead codes from encoder outputs (Jukebox,
+Dhariwal et al. 2020); factorised, l2-normalised low-dimensional codes (ViT-VQGAN, Yu et al. 2022; LlamaGen,
+Sun et al. 2024). See shared/reference/vq_anchors.md §1.4 (what drives codebook usage) and §3 (export).
+
+Export contract (vq_anchors §3.2). diffusers' VQModel looks codes up with a plain Euclidean
+`argmin(cdist(z, embedding.weight))` on the raw `quant_conv` output. This module does the same lookup, so:
+- the codebook is `embedding.weight` (k, d), exported as `quantize.embedding.weight`;
+- with `use_cosine`, the stored rows are unit-norm (after init, every EMA update and every restart), so
+  `argmin ||z - e|| == argmax z.e == argmax cos(z, e)`: the cosine lookup survives export unchanged;
+- `project_in`/`project_out` are plain `nn.Linear` over channels, to be folded into `quant_conv` /
+  `post_quant_conv` at export; every other buffer here is training state and is not exported.
+
+Distributed (vq_anchors §4: taming's EmbeddingEMA and ESPnet kept per-rank statistics, so replicas drifted).
+Every collective runs only in training-mode forwards with grad enabled, on every rank alike: k-means and
+restarts see the tokens of all ranks (`all_gather`, counts may differ per rank) and the EMA statistics are
+all-reduced before the update, so all ranks apply the same update and keep identical codebooks.
+
+Shape letters: b batch, c (= dim) latent channels, h w latent height and width, n = b*h*w tokens,
+k codebook size (num_codes), d code dim (code_dim).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from ldm_vae.errors import ConfigError
+
+_CHUNK_TOKENS = 4096  # k-means distance rows per chunk: (4096, k) fp32 is 256 MB at k = 16384
+
+# ---------------------------------------------------------------------------------------------------------
+# distributed helpers: no-ops in a single process
+
+
+def _is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _all_reduce_sum_(x: Tensor) -> Tensor:
+    if _is_distributed():
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+    return x
+
+
+def _broadcast_(x: Tensor) -> Tensor:
+    """Rank 0's value everywhere, against bit-level differences between devices computing the same thing."""
+    if _is_distributed():
+        dist.broadcast(x, src=0)
+    return x
+
+
+def _all_gather_rows(x: Tensor) -> Tensor:
+    """(n_rank, d) on each rank -> (sum of n_rank, d) in rank order on every rank; n_rank may differ."""
+    if not _is_distributed():
+        return x
+    world = dist.get_world_size()
+    size = torch.tensor([x.shape[0]], device=x.device)
+    sizes = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    counts = [int(s) for s in sizes]
+    padded = x.new_zeros(max(counts), x.shape[1])  # all_gather needs equal shapes
+    padded[: x.shape[0]] = x
+    gathered = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(gathered, padded)
+    return torch.cat([rows[:count] for rows, count in zip(gathered, counts, strict=True)])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# tensor helpers
+
+
+def _generator(seed: int, step: int) -> torch.Generator:
+    """A CPU generator from (seed, step): the same draws on every rank, on any device, and after a resume."""
+    return torch.Generator().manual_seed((seed << 32) + step)
+
+
+def _sample_rows(x: Tensor, num: int, generator: torch.Generator) -> Tensor:
+    """`num` rows of x (n, d): without replacement when n >= num, else with replacement."""
+    n = x.shape[0]
+    if n >= num:
+        rows = torch.randperm(n, generator=generator)[:num]
+    else:
+        rows = torch.randint(0, n, (num,), generator=generator)
+    return x[rows.to(x.device)]
+
+
+def _nearest(x: Tensor, codes: Tensor) -> Tensor:
+    """Index of the nearest code for each row of x (n, d) -> (n,) int64, in chunks to bound memory."""
+    return torch.cat([torch.cdist(chunk, codes).argmin(dim=1) for chunk in x.split(_CHUNK_TOKENS)])
+
+
+def _kmeans(x: Tensor, num_codes: int, iters: int, use_cosine: bool, generator: torch.Generator):
+    """Lloyd's k-means on x (n, d) -> (codes (k, d), counts (k,)); spherical (unit means) if use_cosine.
+
+    Starts from `num_codes` random rows. A cluster left empty keeps its previous centre.
+    """
+    codes = _sample_rows(x, num_codes, generator)  # (k, d)
+    counts = torch.zeros(num_codes, device=x.device)
+    for _ in range(iters):
+        idx = _nearest(x, codes)  # (n,)
+        counts = torch.bincount(idx, minlength=num_codes).float()  # (k,)
+        sums = torch.zeros_like(codes).index_add_(0, idx, x)  # (k, d)
+        means = sums / counts.clamp(min=1)[:, None]
+        if use_cosine:
+            means = F.normalize(means, dim=-1)
+        codes = torch.where(counts[:, None] > 0, means, codes)
+    return codes, counts
+
+
+def _perplexity(counts: Tensor) -> Tensor:
+    """exp(entropy) of the code histogram counts (k,): 1 if one code takes everything, k if uniform."""
+    p = counts.float() / counts.sum().clamp(min=1)
+    return torch.special.entr(p).sum().exp()
+
+
+def codebook_usage(indices: Tensor, num_codes: int) -> dict[str, float]:
+    """Usage over a whole pass: perplexity of one batch depends on its size (vq_anchors §4, Metrics).
+
+    `usage` is the fraction of the k codes used at least once, `perplexity` is exp(entropy) of the histogram.
+    """
+    assert indices.numel() == 0 or int(indices.max()) < num_codes, f"indices reach {int(indices.max())}"
+    counts = torch.bincount(indices.flatten().long(), minlength=num_codes)  # (k,)
+    return {"usage": (counts > 0).float().mean().item(), "perplexity": _perplexity(counts).item()}
+
+
+def _linear(layer: nn.Module, x: Tensor) -> Tensor:
+    """Apply a projection in fp32 even if the module was cast to bf16/fp16 (Identity passes x through)."""
+    if isinstance(layer, nn.Linear):
+        return F.linear(x, layer.weight.float(), layer.bias.float())
+    return layer(x)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# main class
+
+
+class VectorQuantizer(nn.Module):
+    """VQ layer with diffusers' `VectorQuantizer` call signature, an EMA (or gradient) codebook and restarts.
+
+    update="ema": the codebook is a moving average of the tokens assigned to it (VQ-VAE Appendix A.1), with
+    no optimizer; the loss is only the commitment term. update="gradient": the codebook is a trained
+    parameter and the loss adds the codebook term (VQ-VAE eq. 3, with beta on the ENCODER term, unlike
+    diffusers' legacy order). With use_cosine in gradient mode the lookup uses normalised rows; call
+    `normalize_codebook_()` after each optimizer step so the stored rows stay unit-norm for export.
+
+    Statistics change on every training-mode forward with grad enabled, not per optimizer step: with
+    gradient accumulation each micro-batch updates them; run extra passes (e.g. for the discriminator)
+    under `torch.no_grad()` or in eval mode.
+    """
+
+    def __init__(
+        self,
+        num_codes: int,
+        dim: int,
+        *,
+        code_dim: int | None = None,
+        commitment_weight: float = 0.25,
+        update: Literal["ema", "gradient"] = "ema",
+        decay: float = 0.99,
+        eps: float = 1e-5,
+        use_cosine: bool = False,
+        kmeans_init: bool = True,
+        kmeans_iters: int = 10,
+        dead_code_window_steps: int = 0,
+        seed: int = 0,
+    ):
+        super().__init__()
+        code_dim = dim if code_dim is None else code_dim
+        checks = [
+            (num_codes >= 2, f"num_codes={num_codes} must be >= 2"),
+            (dim >= 1, f"dim={dim} must be >= 1 (channels of the latent fed to the quantizer)"),
+            (code_dim >= 1, f"code_dim={code_dim} must be >= 1, or None for code_dim = dim"),
+            (not use_cosine or code_dim >= 2, f"use_cosine needs code_dim >= 2, got code_dim={code_dim}"),
+            (commitment_weight >= 0, f"commitment_weight={commitment_weight} must be >= 0 (0.25 is usual)"),
+            (update in ("ema", "gradient"), f"update={update!r} must be 'ema' or 'gradient'"),
+            (0.0 <= decay < 1.0, f"decay={decay} must be in [0, 1) (0.99 is usual)"),
+            (eps > 0, f"eps={eps} must be > 0 (Laplace smoothing, 1e-5 is usual)"),
+            (kmeans_iters >= 1, f"kmeans_iters={kmeans_iters} must be >= 1"),
+            (dead_code_window_steps >= 0, f"dead_code_window_steps={dead_code_window_steps} must be >= 0"),
+            (0 <= seed < 2**31, f"seed={seed} must be in [0, 2**31)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        self.num_codes, self.dim, self.code_dim = num_codes, dim, code_dim
+        self.commitment_weight = commitment_weight
+        self.update = update
+        self.decay, self.eps = decay, eps
+        self.use_cosine = use_cosine
+        self.kmeans_init, self.kmeans_iters = kmeans_init, kmeans_iters
+        self.dead_code_window_steps = dead_code_window_steps
+        self.seed = seed
+        self.last_restarts = 0  # codes restarted by the latest training forward, for logging (not state)
+
+        self.project_in = nn.Linear(dim, code_dim) if code_dim != dim else nn.Identity()
+        self.project_out = nn.Linear(code_dim, dim) if code_dim != dim else nn.Identity()
+        self.embedding = nn.Embedding(num_codes, code_dim)
+        with torch.no_grad():  # taming's uniform(-1/k, 1/k), from `seed` so every rank starts identical
+            codes = torch.empty(num_codes, code_dim).uniform_(
+                -1 / num_codes, 1 / num_codes, generator=_generator(seed, 0)
+            )
+            self.embedding.weight.copy_(F.normalize(codes, dim=-1) if use_cosine else codes)
+        self.embedding.weight.requires_grad_(update == "gradient")
+
+        # Training state, persistent so a resume continues exactly. Every code starts as if one vector had
+        # been assigned to it, so an unused code keeps its value under EMA instead of collapsing to 0.
+        self.register_buffer("cluster_size", torch.ones(num_codes))  # (k,) EMA of assignment counts
+        self.register_buffer("embed_sum", self.embedding.weight.detach().clone())  # (k, d) EMA of sums
+        self.register_buffer("steps_since_used", torch.zeros(num_codes, dtype=torch.long))  # (k,)
+        self.register_buffer("initialized", torch.tensor(0, dtype=torch.uint8))  # 1 once (k-means) init ran
+        self.register_buffer("step", torch.tensor(0, dtype=torch.long))  # training forwards so far
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_codes={self.num_codes}, dim={self.dim}, code_dim={self.code_dim}, update={self.update!r}, "
+            f"use_cosine={self.use_cosine}, dead_code_window_steps={self.dead_code_window_steps}"
+        )
+
+    # -- public -------------------------------------------------------------------------------------------
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor]]:
+        """z (b, dim, h, w) -> (z_q (b, dim, h, w), loss, (perplexity, usage_counts (k,), indices (b, h, w))).
+
+        The layout of diffusers' `VectorQuantizer.forward`, so `VQModel.decode` and `VQModel.forward` work.
+        Unlike diffusers, `indices` are (b, h, w) int64. `usage_counts` (code histogram) and `perplexity`
+        cover all ranks' tokens in a training forward (all-reduced for the EMA anyway), else this rank's.
+        The loss stays fp32; z_q comes back in z's dtype.
+        """
+        if z.ndim != 4 or z.shape[1] != self.dim:
+            raise ValueError(f"VectorQuantizer expects latents (b, {self.dim}, h, w), got {tuple(z.shape)}")
+        b, c, h, w = z.shape
+        is_updating = self.training and torch.is_grad_enabled()
+        with torch.autocast(z.device.type, enabled=False):  # distances, argmin and EMA all in fp32
+            x = rearrange(z.float(), "b c h w -> (b h w) c")  # (n, c)
+            tokens = _linear(self.project_in, x)  # (n, d) lookup space
+            unit = F.normalize(tokens, dim=-1) if self.use_cosine else tokens  # (n, d) what gets quantised
+            if is_updating and not bool(self.initialized):
+                self._initialize_(unit.detach())
+            codes = self._codes()  # (k, d)
+            with torch.no_grad():  # diffusers' exact lookup; unit-norm codes make it the cosine argmax
+                idx = torch.cdist(tokens, codes).argmin(dim=1)  # (n,) int64 in [0, k)
+            code = codes[idx]  # (n, d)
+            loss = self.commitment_weight * F.mse_loss(unit, code.detach())  # encoder term, beta (eq. 3)
+            if self.update == "gradient":
+                loss = loss + F.mse_loss(unit.detach(), code)  # codebook term, weight 1 (eq. 3)
+            counts = torch.bincount(idx, minlength=self.num_codes).float()  # (k,) this rank
+            if is_updating:
+                counts = self._update_(unit.detach(), idx, counts)  # (k,) all ranks
+            quantized = unit + (code - unit).detach()  # straight-through: forward = code, backward = identity
+            z_q = rearrange(_linear(self.project_out, quantized), "(b h w) c -> b c h w", b=b, h=h, w=w)
+        return z_q.to(z.dtype), loss, (_perplexity(counts), counts, idx.view(b, h, w))
+
+    def indices_to_codes(self, indices: Tensor) -> Tensor:
+        """Token ids (b, h, w) -> latents (b, dim, h, w): what `forward` returns for inputs mapped to them."""
+        with torch.autocast(indices.device.type, enabled=False):
+            code = self._codes()[indices]  # (b, h, w, d)
+            return rearrange(_linear(self.project_out, code), "b h w c -> b c h w")
+
+    def get_codebook_entry(self, indices: Tensor, shape: tuple[int, ...]) -> Tensor:
+        """diffusers' name, used by `VQModel.decode(ids, force_not_quantize=True, shape=(b, h, w, c))`."""
+        return self.indices_to_codes(indices.reshape(shape[:3]))
+
+    @torch.no_grad()
+    def normalize_codebook_(self) -> None:
+        """Gradient mode with use_cosine: put the rows back on the unit sphere after an optimizer step."""
+        if self.use_cosine:
+            self.embedding.weight.copy_(F.normalize(self.embedding.weight, dim=-1))
+
+    def dead_codes(self) -> int:
+        """Codes unused for the last max(window, 1) training forwards (window 0: unused in the last one).
+
+        With restarts on, codes are restarted as soon as they reach the window, so after a forward this is 0
+        and `last_restarts` is the number to log.
+        """
+        return int((self.steps_since_used >= max(self.dead_code_window_steps, 1)).sum())
+
+    # -- training-state updates ---------------------------------------------------------------------------
+
+    def _codes(self) -> Tensor:
+        """(k, d) fp32 codebook for the lookup; renormalised in gradient mode, as the optimizer moves it."""
+        weight = self.embedding.weight.float()
+        if self.update == "gradient":
+            # A copy, so an in-place restart later in this forward cannot invalidate what autograd saved.
+            weight = weight.clone()
+            return F.normalize(weight, dim=-1) if self.use_cosine else weight
+        return weight
+
+    @torch.no_grad()
+    def _initialize_(self, unit: Tensor) -> None:
+        """k-means on the first training batch of all ranks (SoundStream), identical on every rank."""
+        if self.kmeans_init:
+            codes, counts = _kmeans(
+                _all_gather_rows(unit),
+                self.num_codes,
+                self.kmeans_iters,
+                self.use_cosine,
+                _generator(self.seed, 0),
+            )
+            _broadcast_(codes)
+            _broadcast_(counts)
+            counts = counts.clamp(min=1)  # an empty cluster starts like an untouched code, see __init__
+            self.embedding.weight.copy_(codes)
+            self.cluster_size.copy_(counts)
+            self.embed_sum.copy_(codes * counts[:, None])  # so that embed_sum / cluster_size == codes
+        self.initialized.fill_(1)
+
+    @torch.no_grad()
+    def _update_(self, unit: Tensor, idx: Tensor, counts: Tensor) -> Tensor:
+        """EMA codebook update (VQ-VAE App. A.1), usage bookkeeping, restarts; returns all ranks' counts."""
+        sums = unit.new_zeros(self.num_codes, self.code_dim).index_add_(0, idx, unit)  # (k, d) one-hot^T @ x
+        stats = _all_reduce_sum_(torch.cat([counts[:, None], sums], dim=1))  # (k, 1 + d): one collective
+        counts_all, sums_all = stats[:, 0], stats[:, 1:]
+        self.cluster_size.mul_(self.decay).add_(counts_all, alpha=1 - self.decay)  # eq. (6)
+        if self.update == "ema":
+            self.embed_sum.mul_(self.decay).add_(sums_all, alpha=1 - self.decay)  # eq. (7)
+            self.embedding.weight.copy_(self._ema_codes())  # eq. (8)
+        self.steps_since_used.add_(1).masked_fill_(counts_all > 0, 0)  # same on all ranks: global counts
+        self.last_restarts = 0
+        if self.dead_code_window_steps > 0:
+            self._restart_dead_codes_(unit)
+        self.step.add_(1)
+        return counts_all
+
+    def _ema_codes(self) -> Tensor:
+        """embed_sum / Laplace-smoothed cluster_size (k, d); unit rows if use_cosine."""
+        k, n = self.num_codes, self.cluster_size.sum()
+        smoothed = (self.cluster_size + self.eps) / (n + k * self.eps) * n  # (k,) Laplace smoothing
+        codes = self.embed_sum / smoothed[:, None]  # (k, d)
+        if not self.use_cosine:
+            return codes
+        norms = codes.norm(dim=-1, keepdim=True)  # (k, 1)
+        # A code unused for thousands of steps decays towards 0 (fp32 underflow): keep its direction.
+        return torch.where(norms > 1e-12, codes / norms.clamp(min=1e-12), self.embedding.weight.float())
+
+    def _restart_dead_codes_(self, unit: Tensor) -> None:
+        """Re-seed codes unused for `dead_code_window_steps` from current tokens (Jukebox); reset their stats.
+
+        Resetting cluster_size/embed_sum matters: ESPnet restarted the rows only, and the next EMA update
+        overwrote them with the old statistics. Rows are drawn from the tokens of all ranks with a (seed,
+        step) generator, so every rank picks the same ones and a resumed run picks what it would have.
+        """
+        dead = self.steps_since_used >= self.dead_code_window_steps  # (k,) identical on every rank
+        num_dead = int(dead.sum())
+        if num_dead == 0:
+            return
+        new = _sample_rows(_all_gather_rows(unit), num_dead, _generator(self.seed, int(self.step) + 1))
+        self.embedding.weight[dead] = new.to(self.embedding.weight.dtype)
+        self.cluster_size[dead] = 1.0
+        self.embed_sum[dead] = new
+        self.steps_since_used[dead] = 0
+        self.last_restarts = num_dead

@@ -1,0 +1,135 @@
+"""VQ-regularised autoencoder (VQGAN, Esser et al. 2021; LDM's VQ first stage): a diffusers `VQModel`.
+
+During training our `VectorQuantizer` (EMA codebook, k-means init, dead-code restart, low-dim cosine
+codes) replaces `VQModel.quantize`; it keeps the codebook in `embedding.weight`. `export_vqmodel` folds
+its projections into `quant_conv` / `post_quant_conv` and returns a plain diffusers `VQModel` whose
+Euclidean lookup gives the same codes (stored unit-norm when cosine). `image_to_indices` and
+`indices_to_image` go image -> tokens -> image with any exported folder.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import VQModel
+from torch import nn
+
+from ldm_vae.config import ModelConfig
+from ldm_vae.models.quantizer import VectorQuantizer
+
+
+def build_vqmodel(model: ModelConfig, resolution_px: int, seed: int) -> VQModel:
+    """A VQModel with LDM's Encoder/Decoder layout whose `quantize` is our trainable quantizer."""
+    levels, q = len(model.block_out_channels), model.quantizer
+    vq = VQModel(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
+        block_out_channels=tuple(model.block_out_channels),
+        layers_per_block=model.layers_per_block,
+        latent_channels=model.latent_channels,
+        norm_num_groups=model.norm_num_groups,
+        sample_size=resolution_px,
+        num_vq_embeddings=q.num_codes,
+        vq_embed_dim=model.latent_channels,  # the quantizer projects to code_dim itself
+        mid_block_add_attention=model.mid_block_attention,
+        lookup_from_codebook=True,
+    )
+    vq.quantize = VectorQuantizer(
+        num_codes=q.num_codes,
+        dim=model.latent_channels,
+        code_dim=q.code_dim or model.latent_channels,
+        commitment_weight=q.commitment_weight,
+        update=q.update,
+        decay=q.decay,
+        use_cosine=q.use_cosine,
+        kmeans_init=q.kmeans_init,
+        dead_code_window_steps=q.dead_code_window_steps,
+        seed=seed,
+    )
+    return vq
+
+
+class VQTrainingModule(nn.Module):
+    """VQModel with one forward for the training step (encode -> quantize -> decode through DDP)."""
+
+    def __init__(self, vq: VQModel):
+        super().__init__()
+        self.vq = vq
+
+    @property
+    def autoencoder(self) -> VQModel:
+        return self.vq
+
+    def latent_shape(self, resolution_px: int) -> tuple[int, int, int]:
+        side = resolution_px // 2 ** (len(self.vq.config.block_out_channels) - 1)
+        return (self.vq.config.latent_channels, side, side)
+
+    def forward(self, images: torch.Tensor, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """images (b, 3, H, W) in [-1, 1] -> reconstruction, pre-quantisation latents, codes, VQ loss."""
+        latents = self.vq.quant_conv(self.vq.encoder(images))  # (b, c, H/f, W/f)
+        quantized, vq_loss, (perplexity, usage, indices) = self.vq.quantize(latents)
+        reconstruction = self.vq.decoder(self.vq.post_quant_conv(quantized))
+        return {
+            "sample": reconstruction,
+            "latents": latents,
+            "vq_loss": vq_loss,
+            "perplexity": perplexity,
+            "usage": usage,  # (k,) code counts of this step, all processes
+            "indices": indices,  # (b, H/f, W/f)
+        }
+
+
+def _fold_linear_after_conv(conv: nn.Conv2d, linear: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """linear(conv(x)) as one 1x1 conv: W' = W_l W_c, b' = W_l b_c + b_l."""
+    weight, bias = conv.weight[:, :, 0, 0], conv.bias  # (out, in), (out,)
+    if isinstance(linear, nn.Identity):
+        return weight, bias
+    return linear.weight @ weight, linear.weight @ bias + linear.bias
+
+
+def _fold_conv_after_linear(linear: nn.Module, conv: nn.Conv2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """conv(linear(x)) as one 1x1 conv: W' = W_c W_l, b' = W_c b_l + b_c."""
+    weight, bias = conv.weight[:, :, 0, 0], conv.bias
+    if isinstance(linear, nn.Identity):
+        return weight, bias
+    return weight @ linear.weight, weight @ linear.bias + bias
+
+
+@torch.no_grad()
+def export_vqmodel(trained: VQModel) -> VQModel:
+    """A plain diffusers VQModel (CPU, fp32) computing what `trained` computes with our quantizer."""
+    quantizer: VectorQuantizer = trained.quantize
+    num_codes, code_dim = quantizer.embedding.weight.shape
+    config = {k: v for k, v in trained.config.items() if not k.startswith("_")}
+    exported = VQModel.from_config({**config, "num_vq_embeddings": num_codes, "vq_embed_dim": code_dim})
+    state = {k: v for k, v in trained.state_dict().items() if k.startswith(("encoder.", "decoder."))}
+    w_in, b_in = _fold_linear_after_conv(trained.quant_conv, quantizer.project_in)
+    w_out, b_out = _fold_conv_after_linear(quantizer.project_out, trained.post_quant_conv)
+    state["quant_conv.weight"], state["quant_conv.bias"] = w_in[:, :, None, None], b_in
+    state["post_quant_conv.weight"], state["post_quant_conv.bias"] = w_out[:, :, None, None], b_out
+    codes = quantizer.embedding.weight  # (k, d)
+    if quantizer.use_cosine:  # gradient-mode codes drift off the sphere; the lookup always normalised them
+        codes = torch.nn.functional.normalize(codes, dim=1)
+    state["quantize.embedding.weight"] = codes
+    exported.load_state_dict({k: v.detach().float().cpu().clone() for k, v in state.items()}, strict=True)
+    return exported.eval()
+
+
+@torch.no_grad()
+def image_to_indices(vq: VQModel, images: torch.Tensor) -> torch.Tensor:
+    """images (b, 3, H, W) in [-1, 1] -> code indices (b, H/f, W/f) int64, with any diffusers VQModel."""
+    latents = vq.encode(images).latents  # (b, d, h, w), pre-quantisation
+    _, _, (_, _, indices) = vq.quantize(latents)
+    return indices.reshape(latents.shape[0], *latents.shape[2:])
+
+
+@torch.no_grad()
+def indices_to_image(vq: VQModel, indices: torch.Tensor) -> torch.Tensor:
+    """code indices (b, h, w) -> images (b, 3, H, W), through the codebook and the decoder."""
+    b, h, w = indices.shape
+    shape = (b, h, w, vq.config.vq_embed_dim)
+    if vq.config.lookup_from_codebook:  # VQModel.decode then reads `h` as indices
+        return vq.decode(indices, force_not_quantize=True, shape=shape).sample
+    codes = vq.quantize.get_codebook_entry(indices.reshape(-1), shape)  # (b, d, h, w)
+    return vq.decode(codes, force_not_quantize=True).sample
