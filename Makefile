@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(STAMP)  # starts over each time: a run folder is never trained into twice by accident
+	rm -rf runs/demo
 	$(BIN)/ldm-vae train-ae kl-tiny run_dir=runs/demo
 
 test: $(STAMP)

@@ -12,6 +12,7 @@ photograph (a real image, shipped with matplotlib, so nothing is downloaded). Pr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import random
@@ -66,7 +67,8 @@ def run(source: str, variant: str, steps: int, work: Path) -> dict[str, object]:
     ]
     cfg = load_config(AutoencoderTrainConfig, "vq-tiny", overrides)
     start = time.perf_counter()
-    train(cfg)
+    with contextlib.redirect_stdout(sys.stderr):  # the job's log lines; stdout is for the JSON
+        train(cfg)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     held_out = metrics["held_out"]
     return {

@@ -17,23 +17,28 @@ from ldm_vae.config import ModelConfig
 from ldm_vae.errors import ConfigError
 
 
+def ldm_layout(model: ModelConfig, resolution_px: int) -> dict[str, object]:
+    """Constructor arguments shared by AutoencoderKL and VQModel: LDM's Encoder/Decoder, RGB in and out."""
+    levels = len(model.block_out_channels)
+    return {
+        "in_channels": 3,
+        "out_channels": 3,
+        "down_block_types": ("DownEncoderBlock2D",) * levels,
+        "up_block_types": ("UpDecoderBlock2D",) * levels,
+        "block_out_channels": tuple(model.block_out_channels),
+        "layers_per_block": model.layers_per_block,
+        "latent_channels": model.latent_channels,
+        "norm_num_groups": model.norm_num_groups,
+        "sample_size": resolution_px,
+        "mid_block_add_attention": model.mid_block_attention,
+    }
+
+
 def build_autoencoder_kl(model: ModelConfig, resolution_px: int) -> AutoencoderKL:
     """A fresh AutoencoderKL with LDM's Encoder/Decoder layout, or the one in `model.init_from`."""
     if model.init_from is not None:
         return load_autoencoder_kl(model.init_from, key="model.init_from")
-    levels = len(model.block_out_channels)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * levels,
-        up_block_types=("UpDecoderBlock2D",) * levels,
-        block_out_channels=tuple(model.block_out_channels),
-        layers_per_block=model.layers_per_block,
-        latent_channels=model.latent_channels,
-        norm_num_groups=model.norm_num_groups,
-        sample_size=resolution_px,
-        mid_block_add_attention=model.mid_block_attention,
-    )
+    vae = AutoencoderKL(**ldm_layout(model, resolution_px))
     if model.posterior_logvar_init is not None:
         # quant_conv outputs (mean, logvar) stacked on channels. A random init starts near logvar 0, i.e.
         # latents that are mostly noise: short runs spend their first thousands of steps shrinking it.

@@ -14,25 +14,17 @@ from diffusers import VQModel
 from torch import nn
 
 from ldm_vae.config import ModelConfig
+from ldm_vae.models.autoencoder_kl import ldm_layout
 from ldm_vae.models.quantizer import VectorQuantizer
 
 
 def build_vqmodel(model: ModelConfig, resolution_px: int, seed: int) -> VQModel:
     """A VQModel with LDM's Encoder/Decoder layout whose `quantize` is our trainable quantizer."""
-    levels, q = len(model.block_out_channels), model.quantizer
+    q = model.quantizer
     vq = VQModel(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * levels,
-        up_block_types=("UpDecoderBlock2D",) * levels,
-        block_out_channels=tuple(model.block_out_channels),
-        layers_per_block=model.layers_per_block,
-        latent_channels=model.latent_channels,
-        norm_num_groups=model.norm_num_groups,
-        sample_size=resolution_px,
+        **ldm_layout(model, resolution_px),
         num_vq_embeddings=q.num_codes,
         vq_embed_dim=model.latent_channels,  # the quantizer projects to code_dim itself
-        mid_block_add_attention=model.mid_block_attention,
         lookup_from_codebook=True,
     )
     vq.quantize = VectorQuantizer(
