@@ -12,7 +12,7 @@ import copy
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, ModelMixin
+from diffusers import AutoencoderKL, ModelMixin, VQModel
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ldm_vae.models.vq_model import export_vqmodel, image_to_indices
@@ -68,7 +68,7 @@ def verify_export(trained: ModelMixin, out_dir: Path, images: torch.Tensor) -> d
     only, because the export multiplies the projections into the 1x1 convs.
     """
     reference = copy.deepcopy(trained).to("cpu").eval()
-    cls = AutoencoderKL if isinstance(trained, AutoencoderKL) else type(export_vqmodel(trained))
+    cls = AutoencoderKL if isinstance(trained, AutoencoderKL) else VQModel
     reloaded, info = cls.from_pretrained(out_dir, output_loading_info=True, local_files_only=True)
     problems = {key: list(value) for key, value in info.items() if value}
     if problems:  # diffusers only warns, and leaves what it did not load uninitialised: stop here

@@ -16,12 +16,13 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from diffusers import AutoencoderKL, ModelMixin
 from diffusers.training_utils import EMAModel
-from ldm_vae.models.quantizer import codebook_usage
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ldm_vae.config import AutoencoderTrainConfig
 from ldm_vae.metrics import active_channels, bicubic_baseline, kl_per_channel, psnr, ssim
+from ldm_vae.models import downsampling_factor_of
+from ldm_vae.models.quantizer import codebook_usage
 from ldm_vae.viz import save_loss_curves, save_reconstruction_grid
 from train.checkpoints import Progress
 from train.export import exportable, measure_latent_statistics, save_export, verify_export
@@ -58,7 +59,7 @@ def evaluate_reconstruction(
 ) -> dict[str, object]:
     """Held-out fidelity, the bicubic floor at the latent size, and latent (KL) or codebook (VQ) health."""
     device = next(model.parameters()).device
-    factor = 2 ** (len(model.config.block_out_channels) - 1)
+    factor = downsampling_factor_of(model)
     scores: dict[str, list[torch.Tensor]] = {"psnr": [], "ssim": [], "bicubic_psnr": []}
     means, kl_sums, codes = [], [], []
     for images, _ in DataLoader(Subset(dataset, indices), batch_size=batch_size):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL
+from diffusers import AutoencoderKL, ModelMixin
 from torch import nn
 
 from ldm_vae.config import ModelConfig
@@ -59,8 +59,9 @@ def load_autoencoder_kl(folder: str | Path, key: str = "--model") -> Autoencoder
         raise ConfigError(f"{key}={str(folder)!r}: cannot load as AutoencoderKL ({first_line})") from None
 
 
-def downsampling_factor_of(vae: AutoencoderKL) -> int:
-    return 2 ** (len(vae.config.block_out_channels) - 1)
+def downsampling_factor_of(model: ModelMixin) -> int:
+    """Spatial factor f of a diffusers AutoencoderKL or VQModel: one 2x step between consecutive blocks."""
+    return 2 ** (len(model.config.block_out_channels) - 1)
 
 
 def encoder_parameters(vae: AutoencoderKL) -> list[nn.Parameter]:

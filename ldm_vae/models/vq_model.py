@@ -14,7 +14,7 @@ from diffusers import VQModel
 from torch import nn
 
 from ldm_vae.config import ModelConfig
-from ldm_vae.models.autoencoder_kl import ldm_layout
+from ldm_vae.models.autoencoder_kl import downsampling_factor_of, ldm_layout
 from ldm_vae.models.quantizer import VectorQuantizer
 
 
@@ -54,7 +54,7 @@ class VQTrainingModule(nn.Module):
         return self.vq
 
     def latent_shape(self, resolution_px: int) -> tuple[int, int, int]:
-        side = resolution_px // 2 ** (len(self.vq.config.block_out_channels) - 1)
+        side = resolution_px // downsampling_factor_of(self.vq)
         return (self.vq.config.latent_channels, side, side)
 
     def forward(self, images: torch.Tensor, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
