@@ -10,18 +10,22 @@ import yaml
 
 from ldm_vae.config import AutoencoderTrainConfig, config_to_dict, load_config, validate_autoencoder_config
 from ldm_vae.errors import ConfigError, TrainingDiverged
+from train.encode import add_arguments as add_encode_arguments
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ldm-vae", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train_ae = commands.add_parser("train-ae", help="train a KL autoencoder, then export and report")
+    train_ae = commands.add_parser("train-ae", help="train a KL or VQ autoencoder, then export and report")
     train_ae.add_argument("config", help="a preset name from configs/ (e.g. kl-tiny) or a YAML file")
     train_ae.add_argument(
         "overrides", nargs="*", help="key=value, e.g. train.max_steps=1000 loss.kl_weight=1e-6"
     )
     train_ae.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+
+    encode = commands.add_parser("encode", help="encode a dataset to sharded, checksummed latents")
+    add_encode_arguments(encode)
 
     export = commands.add_parser(
         "export", help="export and report a training checkpoint as a diffusers folder"
@@ -47,6 +51,16 @@ def main(argv: list[str] | None = None) -> int:
                 print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="", flush=True)
             if not args.dry_run:
                 train(cfg)
+        elif args.command == "encode":
+            from train.encode import encode, verify
+
+            if args.verify:
+                problems = verify(args.verify)
+                for problem in problems:
+                    print(f"ldm-vae: verify: {problem}", file=sys.stderr)
+                print(f"{args.verify}: {'FAILED' if problems else 'OK'}")
+                return 1 if problems else 0
+            encode(args)
         elif args.command == "export":
             from train.autoencoder import export_checkpoint
 

@@ -1,0 +1,171 @@
+"""The encode stage: exact latents, checksummed shards, resumable after a kill, 2 processes == 1."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ldm_vae.config import AutoencoderTrainConfig, load_config
+from ldm_vae.data import ShapesDataset
+from ldm_vae.models import build_autoencoder_kl, build_vqmodel, export_vqmodel
+from train.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def kl_model(tmp_path_factory) -> Path:
+    """A random tiny AutoencoderKL folder (weights do not matter for the store's exactness)."""
+    cfg = load_config(AutoencoderTrainConfig, "kl-tiny", ["data.resolution_px=16"])
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("kl") / "model"
+    build_autoencoder_kl(cfg.model, 16).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def vq_model(tmp_path_factory) -> Path:
+    cfg = load_config(
+        AutoencoderTrainConfig, "vq-tiny", ["data.resolution_px=16", "model.quantizer.num_codes=32"]
+    )
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("vq") / "model"
+    export_vqmodel(build_vqmodel(cfg.model, 16, seed=0)).save_pretrained(folder)
+    return folder
+
+
+def encode_args(model: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        *("encode", "--model", str(model), "--data", "builtin:shapes", "--builtin-samples", "45"),
+        *("--shard-size", "8", "--batch-size", "4", "--num-workers", "0", "--out", str(out), *extra),
+    ]
+
+
+def shard_digests(out: Path) -> list[str]:
+    return [shard["sha256"] for shard in json.loads((out / "manifest.json").read_text())["shards"]]
+
+
+def direct_batch(n: int = 45) -> torch.Tensor:
+    dataset = ShapesDataset(n, 16, seed=0)
+    return torch.stack([dataset[i][0] for i in range(n)])
+
+
+def test_kl_store_holds_the_posterior_and_its_statistics(kl_model, tmp_path):
+    out = tmp_path / "store"
+    assert main(encode_args(kl_model, out, "--dtype", "fp32", "--flip")) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["num_samples"] == 45 and [s["count"] for s in manifest["shards"]] == [8] * 5 + [5]
+    assert manifest["kind"] == "kl" and manifest["latent_shape"] == [4, 4, 4]
+
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(kl_model).eval()
+    images = direct_batch()
+    with torch.no_grad():
+        posterior = vae.encode(images).latent_dist
+        flipped = vae.encode(torch.flip(images, dims=[3])).latent_dist
+    shards = [load_file(out / s["file"]) for s in manifest["shards"]]
+    stored = {key: torch.cat([s[key] for s in shards]) for key in shards[0]}
+    assert torch.equal(stored["sample_index"], torch.arange(45))
+    torch.testing.assert_close(stored["mean"], posterior.mean, rtol=0, atol=1e-6)
+    torch.testing.assert_close(stored["logvar"], posterior.logvar, rtol=0, atol=1e-6)
+    torch.testing.assert_close(stored["mean_flip"], flipped.mean, rtol=0, atol=1e-6)
+
+    # scaling statistics of z = mean + std * eps, computed directly: E[z] = mean, Var over all elements
+    mean, var = posterior.mean.double(), posterior.logvar.double().exp()
+    expected_mean = mean.mean().item()
+    expected_std = ((mean.square() + var).mean() - expected_mean**2).sqrt().item()
+    scaling = manifest["scaling"]
+    assert scaling["mean"] == pytest.approx(expected_mean, rel=1e-6, abs=1e-9)
+    assert scaling["std"] == pytest.approx(expected_std, rel=1e-6)
+    assert scaling["scaling_factor"] == pytest.approx(1 / expected_std, rel=1e-6)
+    per_channel = mean.mean(dim=(0, 2, 3))
+    assert scaling["per_channel_mean"] == pytest.approx(per_channel.tolist(), rel=1e-6, abs=1e-9)
+
+
+def test_vq_store_holds_latents_and_codes(vq_model, tmp_path):
+    from diffusers import VQModel
+
+    from ldm_vae.models import image_to_indices
+
+    out = tmp_path / "store"
+    assert main(encode_args(vq_model, out, "--dtype", "fp32")) == 0
+    vq = VQModel.from_pretrained(vq_model).eval()
+    images = direct_batch()
+    shards = [load_file(out / s["file"]) for s in json.loads((out / "manifest.json").read_text())["shards"]]
+    with torch.no_grad():
+        torch.testing.assert_close(torch.cat([s["latents"] for s in shards]), vq.encode(images).latents)
+    assert torch.equal(torch.cat([s["indices"] for s in shards]), image_to_indices(vq, images))
+
+
+def test_a_flipped_byte_fails_verify_naming_the_shard(kl_model, tmp_path, capsys):
+    out = tmp_path / "store"
+    assert main(encode_args(kl_model, out)) == 0
+    assert main(["encode", "--verify", str(out)]) == 0
+    shard = out / "shard-00002.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[-3] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    assert main(["encode", "--verify", str(out)]) == 1
+    assert "shard-00002.safetensors: sha256 mismatch" in capsys.readouterr().err
+
+
+def test_foreign_or_mismatched_output_folders_are_refused(kl_model, vq_model, tmp_path, capsys):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    assert main(encode_args(kl_model, foreign)) == 2
+    assert "not a partial output" in capsys.readouterr().err
+    assert (foreign / "notes.txt").read_text() == "mine"
+
+    out = tmp_path / "store"
+    assert main(encode_args(kl_model, out)) == 0
+    assert main(encode_args(vq_model, out)) == 2
+    assert "was encoded with autoencoder=" in capsys.readouterr().err
+
+
+def run_encode(model: Path, out: Path, processes: int = 1) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launcher = [sys.executable]
+    if processes > 1:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command = [*launcher, "-m", "train.encode", *encode_args(model, out)[1:]]
+    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def test_killed_run_resumes_to_the_same_shards_and_two_processes_match_one(kl_model, tmp_path):
+    whole = tmp_path / "whole"
+    assert run_encode(kl_model, whole).wait(timeout=300) == 0
+
+    killed = tmp_path / "killed"
+    process = run_encode(kl_model, killed)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (killed / "shard-00001.json").exists():
+        assert process.poll() is None, process.stderr.read().decode()
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    assert not (killed / "manifest.json").exists(), "the kill should land before the end"
+    assert run_encode(kl_model, killed).wait(timeout=300) == 0
+    assert shard_digests(killed) == shard_digests(whole)
+    indices = torch.cat(
+        [
+            load_file(killed / s)["sample_index"]
+            for s in sorted(p.name for p in killed.glob("shard-*.safetensors"))
+        ]
+    )
+    assert torch.equal(indices, torch.arange(45)), "no duplicate or missing sample"
+
+    two = tmp_path / "two"
+    completed = run_encode(kl_model, two, processes=2)
+    assert completed.wait(timeout=300) == 0, completed.stderr.read().decode()[-2000:]
+    assert shard_digests(two) == shard_digests(whole)

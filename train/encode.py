@@ -1,0 +1,202 @@
+"""Encode a dataset to latents: `ldm-vae encode --model DIR --data SPEC --out DIR [options]`.
+
+Also `python -m train.encode ...` under torchrun / accelerate launch. Every process encodes a contiguous
+range of whole shards (no padding, no duplicates, no gathering through rank 0) and writes them itself,
+atomically; rank 0 writes `manifest.json` when all are done. A rerun with the same arguments keeps the
+shards whose checksum verifies and encodes the rest. `--verify DIR` re-checks a finished store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+from accelerate import PartialState
+from safetensors import safe_open
+from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
+
+from ldm_vae.data import build_dataset
+from ldm_vae.errors import ConfigError
+from ldm_vae.latents.writer import (
+    DTYPES,
+    FORMAT,
+    autoencoder_identity,
+    combine_statistics,
+    completed_shard,
+    encode_batch,
+    file_sha256,
+    load_autoencoder,
+    save_shard,
+    shard_name,
+    write_json_atomic,
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="a diffusers AutoencoderKL or VQModel folder")
+    parser.add_argument("--data", default="builtin:shapes", help="builtin:NAME or an image folder")
+    parser.add_argument("--out", help="output folder (new, or a partial output of the same encode)")
+    parser.add_argument(
+        "--resolution", type=int, default=None, help="pixels; default: the model's sample_size"
+    )
+    parser.add_argument("--builtin-samples", type=int, default=8192, help="size of a builtin dataset")
+    parser.add_argument("--shard-size", type=int, default=4096, help="samples per shard")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp16", help="storage dtype")
+    parser.add_argument("--flip", action="store_true", help="also store the latents of the flipped image")
+    parser.add_argument("--bf16", action="store_true", help="encode under bf16 autocast (storage is --dtype)")
+    parser.add_argument("--num-workers", type=int, default=2, help="DataLoader workers decoding images")
+    parser.add_argument("--seed", type=int, default=0, help="seed of a builtin dataset")
+    parser.add_argument("--verify", metavar="DIR", help="re-check a finished store's counts and checksums")
+
+
+def shard_range(num_shards: int, rank: int, world: int) -> range:
+    """Contiguous whole shards for `rank` (the first `num_shards % world` ranks get one more)."""
+    per_rank, extra = divmod(num_shards, world)
+    start = rank * per_rank + min(rank, extra)
+    return range(start, start + per_rank + (rank < extra))
+
+
+def check_output_folder(out: Path, plan: dict) -> None:
+    """Refuse a folder that holds something else, or a partial encode of other settings."""
+    if not out.exists() or not any(out.iterdir()):
+        return
+    previous_path = out / "encode.json"
+    if not previous_path.is_file():
+        raise ConfigError(f"--out={str(out)!r}: not empty and not a partial output of `ldm-vae encode`")
+    previous = json.loads(previous_path.read_text())
+    for key, value in plan.items():
+        if previous.get(key) != value:
+            raise ConfigError(
+                f"--out={str(out)!r}: was encoded with {key}={previous.get(key)!r}, now {value!r}; "
+                "use a new --out or the same arguments"
+            )
+
+
+def encode(args: argparse.Namespace) -> Path:
+    for name in ("model", "out"):
+        if not getattr(args, name):
+            raise ConfigError(f"--{name} is required (or use --verify DIR)")
+    for name in ("shard_size", "batch_size", "builtin_samples"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')}={getattr(args, name)}: must be >= 1")
+    state = PartialState(cpu=not torch.cuda.is_available())
+    out = Path(args.out)
+    model = load_autoencoder(args.model).to(state.device)
+    resolution = args.resolution or int(model.config.sample_size)
+    dataset = build_dataset(args.data, resolution, args.builtin_samples, args.seed)
+    num_shards = math.ceil(len(dataset) / args.shard_size)
+    plan = {
+        "format": FORMAT,
+        "autoencoder": autoencoder_identity(model, args.model),
+        "data": {"source": args.data, "resolution_px": resolution, "num_samples": len(dataset)},
+        "shard_size": args.shard_size,
+        "storage_dtype": args.dtype,
+        "flip": args.flip,
+    }
+    if state.is_main_process:
+        check_output_folder(out, plan)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / "encode.json", plan)
+    state.wait_for_everyone()
+
+    mine = shard_range(num_shards, state.process_index, state.num_processes)
+    todo = [index for index in mine if completed_shard(out, index) is None]
+    samples = sum(min(args.shard_size, len(dataset) - i * args.shard_size) for i in todo)
+    bar = tqdm(
+        total=samples, unit="img", disable=not state.is_main_process, desc=f"rank 0 of {state.num_processes}"
+    )
+    for index in todo:
+        rows = range(index * args.shard_size, min((index + 1) * args.shard_size, len(dataset)))
+        loader = DataLoader(Subset(dataset, rows), batch_size=args.batch_size, num_workers=args.num_workers)
+        parts: dict[str, list[torch.Tensor]] = {}
+        for images, labels in loader:
+            images = images.to(state.device)
+            batch = {"labels": labels.long()}
+            with torch.autocast(state.device.type, dtype=torch.bfloat16, enabled=args.bf16):
+                batch.update({k: v.float().cpu() for k, v in encode_batch(model, images).items()})
+                if args.flip:
+                    flipped = encode_batch(model, torch.flip(images, dims=[3]))
+                    batch.update({f"{k}_flip": v.float().cpu() for k, v in flipped.items()})
+            for key, value in batch.items():
+                parts.setdefault(key, []).append(value)
+            bar.update(len(images))  # tqdm shows img/s
+        tensors = {key: torch.cat(values) for key, values in parts.items()}
+        tensors = {k: (v.long() if k.startswith("indices") else v) for k, v in tensors.items()}
+        tensors["sample_index"] = torch.tensor(list(rows), dtype=torch.long)
+        save_shard(out, index, tensors, DTYPES[args.dtype])
+    bar.close()
+    state.wait_for_everyone()
+    if state.is_main_process:
+        write_manifest(out, plan, num_shards, model, dataset)
+    state.wait_for_everyone()
+    return out
+
+
+def write_manifest(out: Path, plan: dict, num_shards: int, model, dataset) -> None:
+    sidecars = []
+    for index in range(num_shards):
+        sidecar = completed_shard(out, index)
+        if sidecar is None:
+            raise RuntimeError(f"{out / shard_name(index)}: missing or corrupt after encoding")
+        sidecars.append(sidecar)
+    with safe_open(out / shard_name(0), framework="pt") as first:
+        key = "mean" if "mean" in first.keys() else "latents"
+        latent_shape = list(first.get_slice(key).get_shape()[1:])
+    manifest = {
+        **plan,
+        "kind": "kl" if plan["autoencoder"]["class"] == "AutoencoderKL" else "vq",
+        "latent_shape": latent_shape,
+        "num_samples": sum(s["count"] for s in sidecars),
+        "classes": list(getattr(dataset, "classes", [])),
+        "shards": [{"file": s["file"], "count": s["count"], "sha256": s["sha256"]} for s in sidecars],
+        "scaling": combine_statistics(sidecars),
+        "skipped": [list(item) for item in getattr(dataset, "skipped", [])],
+    }
+    write_json_atomic(out / "manifest.json", manifest)
+    print(
+        f"encoded {manifest['num_samples']} samples in {num_shards} shards to {out}; "
+        f"scaling_factor {manifest['scaling']['scaling_factor']:.5f}"
+    )
+
+
+def verify(folder: str) -> list[str]:
+    """Every shard of the manifest: present, the right row count, the recorded sha256. One line a problem."""
+    root = Path(folder)
+    try:
+        manifest = json.loads((root / "manifest.json").read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ConfigError(
+            f"--verify={folder!r}: no readable manifest.json ({type(error).__name__})"
+        ) from None
+    problems = []
+    for shard in manifest["shards"]:
+        path = root / shard["file"]
+        if not path.is_file():
+            problems.append(f"{shard['file']}: missing")
+            continue
+        if file_sha256(path) != shard["sha256"]:
+            problems.append(f"{shard['file']}: sha256 mismatch (the file changed after encoding)")
+            continue
+        with safe_open(path, framework="pt") as handle:
+            rows = {handle.get_slice(key).get_shape()[0] for key in handle.keys()}
+        if rows != {shard["count"]}:
+            problems.append(f"{shard['file']}: holds {sorted(rows)} rows, manifest says {shard['count']}")
+    if sum(s["count"] for s in manifest["shards"]) != manifest["num_samples"]:
+        problems.append(f"manifest.json: shard counts do not add up to num_samples={manifest['num_samples']}")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    from train.cli import main as cli_main
+
+    return cli_main(["encode", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
