@@ -12,12 +12,13 @@ import argparse
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
 import torch
 from accelerate import PartialState
 from safetensors import safe_open
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from ldm_vae.data import build_dataset
@@ -104,6 +105,7 @@ def encode(args: argparse.Namespace) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / "encode.json", plan)
     state.wait_for_everyone()
+    start = time.perf_counter()
 
     mine = shard_range(num_shards, state.process_index, state.num_processes)
     todo = [index for index in mine if completed_shard(out, index) is None]
@@ -133,12 +135,13 @@ def encode(args: argparse.Namespace) -> Path:
     bar.close()
     state.wait_for_everyone()
     if state.is_main_process:
-        write_manifest(out, plan, num_shards, model, dataset)
+        seconds = time.perf_counter() - start  # all ranks' shards: the span between the two barriers
+        write_manifest(out, plan, num_shards, dataset, {"seconds": seconds, "shards_encoded_now": len(todo)})
     state.wait_for_everyone()
     return out
 
 
-def write_manifest(out: Path, plan: dict, num_shards: int, model, dataset) -> None:
+def write_manifest(out: Path, plan: dict, num_shards: int, dataset: Dataset, timing: dict) -> None:
     sidecars = []
     for index in range(num_shards):
         sidecar = completed_shard(out, index)
@@ -157,6 +160,7 @@ def write_manifest(out: Path, plan: dict, num_shards: int, model, dataset) -> No
         "shards": [{"file": s["file"], "count": s["count"], "sha256": s["sha256"]} for s in sidecars],
         "scaling": combine_statistics(sidecars),
         "skipped": [list(item) for item in getattr(dataset, "skipped", [])],
+        "timing": timing,  # of the last invocation; shards_encoded_now is rank 0's
     }
     write_json_atomic(out / "manifest.json", manifest)
     print(
