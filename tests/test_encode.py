@@ -92,6 +92,31 @@ def test_kl_store_holds_the_posterior_and_its_statistics(kl_model, tmp_path):
     assert scaling["per_channel_mean"] == pytest.approx(per_channel.tolist(), rel=1e-6, abs=1e-9)
 
 
+@pytest.mark.parametrize("kind", ["kl", "vq"])
+def test_reader_returns_what_encoding_the_images_directly_gives(kind, kl_model, vq_model, tmp_path):
+    """Round trip through the store: LatentDataset (mean mode) == the autoencoder on the images, scaled."""
+    from diffusers import AutoencoderKL, VQModel
+
+    from ldm_vae.latents import LatentDataset
+
+    model_dir = kl_model if kind == "kl" else vq_model
+    out = tmp_path / "store"
+    assert main(encode_args(model_dir, out, "--dtype", "fp32")) == 0
+    store = LatentDataset(out, mode="mean", normalization="scale")
+    images = direct_batch()
+    with torch.no_grad():
+        if kind == "kl":
+            direct = AutoencoderKL.from_pretrained(model_dir).eval().encode(images).latent_dist.mean
+        else:
+            direct = VQModel.from_pretrained(model_dir).eval().encode(images).latents
+    scale, shift = store.scale_and_shift()
+    assert len(store) == 45 and store.latent_shape == tuple(direct.shape[1:])
+    for i in (0, 7, 8, 44):  # both sides of shard boundaries
+        latents, label = store[i]
+        torch.testing.assert_close(latents / scale + shift, direct[i], rtol=0, atol=1e-6)
+        assert label == ShapesDataset(45, 16, seed=0)[i][1]
+
+
 def test_vq_store_holds_latents_and_codes(vq_model, tmp_path):
     from diffusers import VQModel
 

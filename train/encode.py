@@ -97,7 +97,7 @@ def encode(args: argparse.Namespace) -> Path:
         "autoencoder": autoencoder_identity(model, args.model),
         "data": {"source": args.data, "resolution_px": resolution, "num_samples": len(dataset)},
         "shard_size": args.shard_size,
-        "storage_dtype": args.dtype,
+        "storage_dtype": str(DTYPES[args.dtype]).removeprefix("torch."),  # float16, bfloat16, float32
         "flip": args.flip,
     }
     if state.is_main_process:
