@@ -28,10 +28,9 @@ from torch.utils.data import DataLoader
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from ldm_vae.latents.reader import LatentDataset  # noqa: E402
-
 from ldm_vae.config import AutoencoderTrainConfig, load_config  # noqa: E402
 from ldm_vae.data import build_dataset  # noqa: E402
+from ldm_vae.latents.reader import LatentDataset  # noqa: E402
 from ldm_vae.models import build_autoencoder_kl  # noqa: E402
 
 
@@ -110,15 +109,18 @@ def main() -> None:
             }
         report["encode_throughput"] = throughput
 
-        tiny = work / "kl-tiny-model"
-        store_sec = epoch_seconds_from_store(work / "kl-tiny-1", 64)
-        fly_sec = epoch_seconds_on_the_fly(tiny, args.tiny_images, 32, 64)
-        report["epoch_input_pipeline_kl_tiny"] = {
-            "images": args.tiny_images,
-            "from_store_sec": round(store_sec, 3),
-            "on_the_fly_sec": round(fly_sec, 3),
-            "speedup": round(fly_sec / store_sec, 1),
-        }
+        for name, preset, resolution, images, batch in (
+            ("kl_tiny_32px", "kl-tiny", 32, args.tiny_images, 64),
+            ("kl_f8_256px", "kl-f8", 256, args.f8_images, 4),
+        ):
+            store_sec = epoch_seconds_from_store(work / f"{preset}-1", batch)
+            fly_sec = epoch_seconds_on_the_fly(work / f"{preset}-model", images, resolution, batch)
+            report[f"epoch_input_pipeline_{name}"] = {
+                "images": images,
+                "from_store_sec": round(store_sec, 3),
+                "on_the_fly_sec": round(fly_sec, 3),
+                "speedup": round(fly_sec / store_sec, 1),
+            }
     print(json.dumps(report, indent=2))
 
 

@@ -132,6 +132,26 @@ def test_vq_store_holds_latents_and_codes(vq_model, tmp_path):
     assert torch.equal(torch.cat([s["indices"] for s in shards]), image_to_indices(vq, images))
 
 
+def test_an_image_folder_encodes_with_labels_and_lists_skipped_files(kl_model, tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    for label, colour in enumerate(["red", "blue"]):
+        (folder / f"class{label}").mkdir(parents=True)
+        for i in range(5):
+            Image.new("RGB", (24 + i, 20), colour).save(folder / f"class{label}" / f"{i}.png")
+    (folder / "class1" / "broken.png").write_text("not an image")
+    out = tmp_path / "store"
+    args = ["encode", "--model", str(kl_model), "--data", str(folder), "--out", str(out), "--shard-size", "4"]
+    assert main([*args, "--num-workers", "0"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["num_samples"] == 10 and manifest["classes"] == ["class0", "class1"]
+    assert [entry[0] for entry in manifest["skipped"]] == ["class1/broken.png"]
+    labels = torch.cat([load_file(out / shard["file"])["labels"] for shard in manifest["shards"]])
+    assert labels.tolist() == [0] * 5 + [1] * 5
+    assert main(["encode", "--verify", str(out)]) == 0
+
+
 def test_a_flipped_byte_fails_verify_naming_the_shard(kl_model, tmp_path, capsys):
     out = tmp_path / "store"
     assert main(encode_args(kl_model, out)) == 0
