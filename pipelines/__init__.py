@@ -1,0 +1,3 @@
+from pipelines.latent_diffusion import LatentDiffusionPipeline
+
+__all__ = ["LatentDiffusionPipeline"]

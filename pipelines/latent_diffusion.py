@@ -1,0 +1,178 @@
+"""Latent diffusion sampling: a UNet denoises in the VAE's scaled latent space, then the VAE decodes."""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DiffusionPipeline,
+    ImagePipelineOutput,
+    SchedulerMixin,
+    UNet2DModel,
+    VQModel,
+)
+from diffusers.utils.torch_utils import randn_tensor
+
+from ldm_vae.errors import ConfigError
+
+
+class LatentDiffusionPipeline(DiffusionPipeline):
+    r"""
+    Unconditional or class-conditional latent diffusion with an `AutoencoderKL` or `VQModel` first stage.
+
+    The UNet sees `z_model = (z - shift) * scale`, with `scale = vae.config.scaling_factor` and
+    `shift = vae.config.shift_factor or 0`; per-channel `latents_mean`/`latents_std` in the VAE config take
+    precedence (`shift = mean[c]`, `scale = 1 / std[c]`). A class-conditional UNet reserves its last class id
+    (`num_class_embeds - 1`) as the null class for classifier-free guidance.
+
+    Load a saved pipeline with `LatentDiffusionPipeline.from_pretrained(path)` (no `custom_pipeline` needed).
+
+    Parameters:
+        vae ([`AutoencoderKL`] or [`VQModel`]): the first stage; a `VQModel` quantizes in `decode`.
+        unet ([`UNet2DModel`]): denoises latents; in/out channels equal the latent channels.
+        scheduler ([`SchedulerMixin`]): any diffusers scheduler, e.g. DDPM, DDIM or DPM-Solver.
+    """
+
+    model_cpu_offload_seq = "unet->vae"
+
+    def __init__(self, vae: AutoencoderKL | VQModel, unet: UNet2DModel, scheduler: SchedulerMixin):
+        super().__init__()
+        self.register_modules(vae=vae, unet=unet, scheduler=scheduler)
+
+    def _shift_and_scale(self, z: torch.Tensor) -> tuple[torch.Tensor | float, torch.Tensor | float]:
+        config = self.vae.config
+        mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+        if mean is not None and std is not None:
+            view = (1, -1) + (1,) * (z.ndim - 2)
+            mean = torch.tensor(mean, device=z.device, dtype=z.dtype).view(view)
+            std = torch.tensor(std, device=z.device, dtype=z.dtype).view(view)
+            return mean, 1.0 / std
+        return getattr(config, "shift_factor", None) or 0.0, config.scaling_factor
+
+    def latents_to_model_space(self, z: torch.Tensor) -> torch.Tensor:
+        """VAE latents -> what the UNet sees: `(z - shift) * scale`."""
+        shift, scale = self._shift_and_scale(z)
+        return (z - shift) * scale
+
+    def model_space_to_latents(self, z_model: torch.Tensor) -> torch.Tensor:
+        """The exact inverse of `latents_to_model_space`: `z_model / scale + shift`."""
+        shift, scale = self._shift_and_scale(z_model)
+        return z_model / scale + shift
+
+    def _class_labels(
+        self, batch_size: int, class_labels: list[int] | torch.Tensor | None, guidance_scale: float, generator
+    ) -> torch.Tensor | None:
+        num_class_embeds = self.unet.config.num_class_embeds
+        if num_class_embeds is None:
+            if class_labels is not None:
+                raise ConfigError(
+                    "class_labels given to an unconditional UNet (num_class_embeds=None); drop them"
+                )
+            if guidance_scale != 1.0:
+                raise ConfigError(
+                    f"guidance_scale={guidance_scale} needs a class-conditional UNet; use guidance_scale=1.0"
+                )
+            return None
+        num_classes = num_class_embeds - 1  # the last id is the null class
+        if class_labels is None:
+            gen_device = generator.device if generator is not None else "cpu"
+            return torch.randint(0, num_classes, (batch_size,), generator=generator, device=gen_device)
+        labels = torch.as_tensor(class_labels, dtype=torch.long).flatten()
+        for label in labels.tolist():
+            if not 0 <= label < num_classes:
+                raise ConfigError(f"class label {label} is out of range; use labels in [0, {num_classes})")
+        return labels
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        batch_size: int = 1,
+        class_labels: list[int] | torch.Tensor | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 1.0,
+        generator: torch.Generator | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ) -> ImagePipelineOutput | tuple:
+        r"""
+        Generate images.
+
+        Args:
+            batch_size: number of images; ignored when `class_labels` are given (one image per label).
+            class_labels: ids in `[0, num_class_embeds - 1)`; random ones for a conditional UNet if None.
+            num_inference_steps: denoising steps.
+            guidance_scale: classifier-free guidance weight; 1.0 disables guidance.
+            generator: a `torch.Generator` for deterministic sampling.
+            latents: unit-variance noise in model space, `(b, c, h, w)`; drawn from `generator` if None.
+            output_type: `"pil"`, `"np"` (array `(b, H, W, 3)`) or `"pt"` (tensor `(b, 3, H, W)`), in [0, 1].
+            return_dict: return an [`ImagePipelineOutput`] instead of a tuple.
+
+        Example:
+
+        ```py
+        >>> import torch
+        >>> from pipelines import LatentDiffusionPipeline
+
+        >>> pipe = LatentDiffusionPipeline.from_pretrained("runs/ldm/pipeline")
+        >>> images = pipe(class_labels=[0, 1], guidance_scale=3.0, num_inference_steps=50,
+        ...               generator=torch.Generator().manual_seed(0)).images
+        >>> images[0].save("sample.png")
+        ```
+        """
+        if output_type not in ("pil", "np", "pt"):
+            raise ConfigError(f"output_type={output_type!r} is unknown; use 'pil', 'np' or 'pt'")
+        device = self._execution_device
+
+        # 1. Validate the class labels and guidance.
+        labels = self._class_labels(batch_size, class_labels, guidance_scale, generator)
+        if labels is not None:
+            batch_size = len(labels)
+            labels = labels.to(device)
+        do_cfg = labels is not None and guidance_scale != 1.0
+
+        # 2. Initial latents, in model space.
+        size = self.unet.config.sample_size
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        shape = (batch_size, self.unet.config.in_channels, *size)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
+        elif tuple(latents.shape) != shape:
+            raise ConfigError(f"latents have shape {tuple(latents.shape)}; expected {shape}")
+        latents = latents.to(device=device, dtype=self.unet.dtype) * self.scheduler.init_noise_sigma
+
+        # 3. Denoise.
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        step_kwargs = {}
+        if "generator" in inspect.signature(self.scheduler.step).parameters:
+            step_kwargs["generator"] = generator
+        if do_cfg:
+            null = torch.full_like(labels, self.unet.config.num_class_embeds - 1)
+            cfg_labels = torch.cat([labels, null])
+        for t in self.progress_bar(self.scheduler.timesteps):
+            # 1. predict noise model_output
+            model_input = self.scheduler.scale_model_input(latents, t)
+            if do_cfg:
+                model_input = torch.cat([model_input, model_input])
+                cond, uncond = self.unet(model_input, t, class_labels=cfg_labels).sample.chunk(2)
+                model_output = uncond + guidance_scale * (cond - uncond)
+            else:
+                model_output = self.unet(model_input, t, class_labels=labels).sample
+
+            # 2. compute previous sample: x_t -> x_t-1
+            latents = self.scheduler.step(model_output, t, latents, **step_kwargs).prev_sample
+
+        # 4. Decode: model space -> VAE latents -> images in [0, 1].
+        z = self.model_space_to_latents(latents).to(self.vae.dtype)
+        image = (self.vae.decode(z).sample / 2 + 0.5).clamp(0, 1)
+        if output_type != "pt":
+            image = image.cpu().permute(0, 2, 3, 1).float().numpy()
+            if output_type == "pil":
+                image = self.numpy_to_pil(image)
+
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (image,)
+        return ImagePipelineOutput(images=image)
