@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from ldm_vae.data import ShapesDataset
 from ldm_vae.errors import ConfigError, TrainingDiverged
 from ldm_vae.losses import PatchDiscriminator
-from ldm_vae.models import KLTrainingModule, build_autoencoder_kl
+from ldm_vae.models import KLTrainingModule, build_autoencoder_kl, latent_shape
 from train.autoencoder import discriminator_loss, export_checkpoint, generator_loss, train
 from train.checkpoints import list_checkpoints
 
@@ -47,7 +47,7 @@ def test_generator_step_leaves_discriminator_without_gradient(tmp_path):
     cfg = tiny_config(tmp_path)
     module, disc = tiny_module(cfg), PatchDiscriminator(3, 8, 2)
     images = fixed_batch(cfg)
-    out = module(images, torch.randn((4, *module.latent_shape(16))))
+    out = module(images, torch.randn((4, *latent_shape(module.vae, 16))))
     last_layer = module.vae.decoder.conv_out.weight
     loss, logs = generator_loss(Accelerator(cpu=True), out, images, disc, last_layer, None, cfg)
     loss.backward()
@@ -61,7 +61,7 @@ def test_discriminator_step_leaves_autoencoder_without_gradient(tmp_path):
     cfg = tiny_config(tmp_path)
     module, disc = tiny_module(cfg), PatchDiscriminator(3, 8, 2)
     images = fixed_batch(cfg)
-    out = module(images, torch.randn((4, *module.latent_shape(16))))
+    out = module(images, torch.randn((4, *latent_shape(module.vae, 16))))
     loss, _ = discriminator_loss(disc, images, out["sample"])
     loss.backward()
     assert all(p.grad is None for p in module.parameters())
@@ -73,7 +73,7 @@ def test_loss_goes_down_on_a_fixed_batch(tmp_path, learn_logvar):
     cfg = tiny_config(tmp_path)
     module = tiny_module(cfg, learn_logvar)
     optimizer = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=2e-3)
-    images, noise = fixed_batch(cfg), torch.zeros((4, *module.latent_shape(16)))
+    images, noise = fixed_batch(cfg), torch.zeros((4, *latent_shape(module.vae, 16)))
     accelerator, losses = Accelerator(cpu=True), []
     for _ in range(40):
         out = module(images, noise)

@@ -43,6 +43,7 @@ from ldm_vae.models import (
     build_autoencoder_kl,
     build_vqmodel,
     downsampling_factor_of,
+    latent_shape,
 )
 from ldm_vae.viz import reconstruction_grid
 from train.checkpoints import CheckpointManager, Progress, list_checkpoints, resolve_resume
@@ -334,10 +335,11 @@ def train(cfg: AutoencoderTrainConfig) -> Path:
     )
     if getattr(dataset, "skipped", None):
         tracker.info(dataset.skip_report())
-    fixed_images = torch.stack([dataset[i][0] for i in held_out_indices[: cfg.export.report_samples]])
+    if accelerator.is_main_process:  # only the main process logs reconstruction grids
+        fixed_images = torch.stack([dataset[i][0] for i in held_out_indices[: cfg.export.report_samples]])
 
-    latent_shape = accelerator.unwrap_model(ae).latent_shape(cfg.data.resolution_px)
     autoencoder = accelerator.unwrap_model(ae).autoencoder  # the diffusers model inside the wrapper
+    noise_shape = latent_shape(autoencoder, cfg.data.resolution_px)  # (c, h, w)
     last_layer = autoencoder.decoder.conv_out.weight
     uses_noise = cfg.model.kind == "kl"
     disc_train_start = max(0, cfg.loss.disc_start_steps - cfg.loss.disc_warmup_steps)
@@ -359,7 +361,7 @@ def train(cfg: AutoencoderTrainConfig) -> Path:
                 images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
                 first = progress.samples_seen + micro * global_micro_batch + rank * cfg.train.batch_size
                 positions = range(first, first + len(images))
-                noise = position_noise(positions, latent_shape, cfg.seed).to(device) if uses_noise else None
+                noise = position_noise(positions, noise_shape, cfg.seed).to(device) if uses_noise else None
                 with accelerator.accumulate(*models):
                     out = ae(images, noise)  # through the DDP wrapper: gradients all-reduce
                     g_loss, logs = generator_loss(

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from ldm_vae.config import AutoencoderTrainConfig
 from ldm_vae.metrics import active_channels, bicubic_baseline, kl_per_channel, psnr, ssim
-from ldm_vae.models import downsampling_factor_of
+from ldm_vae.models import downsampling_factor_of, encode_to_codes
 from ldm_vae.models.quantizer import codebook_usage
 from ldm_vae.viz import save_loss_curves, save_reconstruction_grid
 from train.checkpoints import Progress
@@ -48,8 +48,7 @@ def encode_decode(model: ModelMixin, images: torch.Tensor) -> tuple[torch.Tensor
     if isinstance(model, AutoencoderKL):
         posterior = model.encode(images).latent_dist
         return model.decode(posterior.mean).sample, posterior.mean, {"logvar": posterior.logvar}
-    latents = model.encode(images).latents  # (b, c, h, w)
-    _, _, (_, _, codes) = model.quantize(latents)
+    latents, codes = encode_to_codes(model, images)  # (b, c, h, w), (b, h, w)
     return model.decode(latents).sample, latents, {"indices": codes.reshape(len(images), -1)}
 
 

@@ -21,6 +21,7 @@ from diffusers import AutoencoderKL, ModelMixin, VQModel
 from safetensors.torch import save_file
 
 from ldm_vae.errors import ConfigError
+from ldm_vae.models.vq_model import encode_to_codes
 
 FORMAT = "ldm-vae-latents/1"
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -73,9 +74,8 @@ def encode_batch(model: ModelMixin, images: torch.Tensor) -> dict[str, torch.Ten
     if isinstance(model, AutoencoderKL):
         posterior = model.encode(images).latent_dist
         return {"mean": posterior.mean, "logvar": posterior.logvar}  # (b, c, h, w) each, unscaled
-    latents = model.encode(images).latents  # (b, c, h, w)
-    _, _, (_, _, indices) = model.quantize(latents)
-    return {"latents": latents, "indices": indices.reshape(latents.shape[0], *latents.shape[2:]).long()}
+    latents, indices = encode_to_codes(model, images)  # (b, c, h, w), (b, h, w)
+    return {"latents": latents, "indices": indices}
 
 
 def latent_statistics(tensors: dict[str, torch.Tensor]) -> dict[str, list[float] | int]:

@@ -4,11 +4,13 @@ from ldm_vae.models.autoencoder_kl import (
     KLTrainingModule,
     build_autoencoder_kl,
     downsampling_factor_of,
+    latent_shape,
     load_autoencoder_kl,
 )
 from ldm_vae.models.vq_model import (
     VQTrainingModule,
     build_vqmodel,
+    encode_to_codes,
     export_vqmodel,
     image_to_indices,
     indices_to_image,
@@ -20,8 +22,10 @@ __all__ = [
     "build_autoencoder_kl",
     "build_vqmodel",
     "downsampling_factor_of",
+    "encode_to_codes",
     "export_vqmodel",
     "image_to_indices",
     "indices_to_image",
+    "latent_shape",
     "load_autoencoder_kl",
 ]

@@ -64,6 +64,12 @@ def downsampling_factor_of(model: ModelMixin) -> int:
     return 2 ** (len(model.config.block_out_channels) - 1)
 
 
+def latent_shape(model: ModelMixin, resolution_px: int) -> tuple[int, int, int]:
+    """(c, H/f, W/f) of one image's latent, for an AutoencoderKL or a VQModel."""
+    side = resolution_px // downsampling_factor_of(model)
+    return (model.config.latent_channels, side, side)
+
+
 def encoder_parameters(vae: AutoencoderKL) -> list[nn.Parameter]:
     """What `train_decoder_only` freezes: the encoder and the 1x1 conv to the posterior moments."""
     params = list(vae.encoder.parameters())
@@ -95,11 +101,6 @@ class KLTrainingModule(nn.Module):
     @property
     def autoencoder(self) -> AutoencoderKL:
         return self.vae
-
-    def latent_shape(self, resolution_px: int) -> tuple[int, int, int]:
-        """(c, H/f, W/f) of one image's latent."""
-        side = resolution_px // downsampling_factor_of(self.vae)
-        return (self.vae.config.latent_channels, side, side)
 
     def forward(self, images: torch.Tensor, noise: torch.Tensor) -> dict[str, torch.Tensor]:
         """images (b, 3, H, W) in [-1, 1], noise (b, c, H/f, W/f) ~ N(0, I) -> reconstruction, posterior."""

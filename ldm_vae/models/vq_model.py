@@ -14,7 +14,7 @@ from diffusers import VQModel
 from torch import nn
 
 from ldm_vae.config import ModelConfig
-from ldm_vae.models.autoencoder_kl import downsampling_factor_of, ldm_layout
+from ldm_vae.models.autoencoder_kl import ldm_layout
 from ldm_vae.models.quantizer import VectorQuantizer
 
 
@@ -52,10 +52,6 @@ class VQTrainingModule(nn.Module):
     @property
     def autoencoder(self) -> VQModel:
         return self.vq
-
-    def latent_shape(self, resolution_px: int) -> tuple[int, int, int]:
-        side = resolution_px // downsampling_factor_of(self.vq)
-        return (self.vq.config.latent_channels, side, side)
 
     def forward(self, images: torch.Tensor, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """images (b, 3, H, W) in [-1, 1] -> reconstruction, pre-quantisation latents, codes, VQ loss."""
@@ -109,11 +105,16 @@ def export_vqmodel(trained: VQModel) -> VQModel:
 
 
 @torch.no_grad()
+def encode_to_codes(vq: VQModel, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """images (b, 3, H, W) in [-1, 1] -> pre-quantisation latents (b, d, h, w), code ids (b, h, w) int64."""
+    latents = vq.encode(images).latents
+    _, _, (_, _, indices) = vq.quantize(latents)  # flat (b*h*w,) in diffusers, (b, h, w) in ours
+    return latents, indices.reshape(latents.shape[0], *latents.shape[2:]).long()
+
+
 def image_to_indices(vq: VQModel, images: torch.Tensor) -> torch.Tensor:
     """images (b, 3, H, W) in [-1, 1] -> code indices (b, H/f, W/f) int64, with any diffusers VQModel."""
-    latents = vq.encode(images).latents  # (b, d, h, w), pre-quantisation
-    _, _, (_, _, indices) = vq.quantize(latents)
-    return indices.reshape(latents.shape[0], *latents.shape[2:])
+    return encode_to_codes(vq, images)[1]
 
 
 @torch.no_grad()
