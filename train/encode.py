@@ -31,11 +31,11 @@ from ldm_vae.latents.writer import (
     completed_shard,
     encode_batch,
     file_sha256,
-    load_autoencoder,
     save_shard,
     shard_name,
     write_json_atomic,
 )
+from ldm_vae.models import load_autoencoder
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -88,7 +88,7 @@ def encode(args: argparse.Namespace) -> Path:
             raise ConfigError(f"--{name.replace('_', '-')}={getattr(args, name)}: must be >= 1")
     state = PartialState(cpu=not torch.cuda.is_available())
     out = Path(args.out)
-    model = load_autoencoder(args.model).to(state.device)
+    model = load_autoencoder(args.model, "--model").to(state.device)
     resolution = args.resolution or int(model.config.sample_size)
     dataset = build_dataset(args.data, resolution, args.builtin_samples, args.seed)
     num_shards = math.ceil(len(dataset) / args.shard_size)

@@ -17,10 +17,9 @@ import os
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, ModelMixin, VQModel
+from diffusers import AutoencoderKL, ModelMixin
 from safetensors.torch import save_file
 
-from ldm_vae.errors import ConfigError
 from ldm_vae.models.vq_model import encode_to_codes
 
 FORMAT = "ldm-vae-latents/1"
@@ -43,18 +42,6 @@ def write_json_atomic(path: Path, value: object) -> None:
     temp = path.with_name(f".tmp-{path.name}")
     temp.write_text(json.dumps(value, indent=2))
     os.replace(temp, path)
-
-
-def load_autoencoder(folder: str) -> ModelMixin:
-    """Any diffusers AutoencoderKL or VQModel folder on local disk, in eval mode."""
-    config_path = Path(folder).expanduser() / "config.json"
-    if not config_path.is_file():
-        raise ConfigError(f"--model={folder!r}: not a diffusers model folder (no config.json in it)")
-    class_name = json.loads(config_path.read_text()).get("_class_name")
-    classes = {"AutoencoderKL": AutoencoderKL, "VQModel": VQModel}
-    if class_name not in classes:
-        raise ConfigError(f"--model={folder!r}: a {class_name}, expected AutoencoderKL or VQModel")
-    return classes[class_name].from_pretrained(config_path.parent, local_files_only=True).eval()
 
 
 def autoencoder_identity(model: ModelMixin, folder: str) -> dict[str, str]:

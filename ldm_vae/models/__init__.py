@@ -5,8 +5,8 @@ from ldm_vae.models.autoencoder_kl import (
     build_autoencoder_kl,
     downsampling_factor_of,
     latent_shape,
-    load_autoencoder_kl,
 )
+from ldm_vae.models.loading import load_autoencoder
 from ldm_vae.models.vq_model import (
     VQTrainingModule,
     build_vqmodel,
@@ -27,5 +27,5 @@ __all__ = [
     "image_to_indices",
     "indices_to_image",
     "latent_shape",
-    "load_autoencoder_kl",
+    "load_autoencoder",
 ]

@@ -7,14 +7,12 @@ decode, so that the training step always goes through the DDP wrapper and gradie
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from diffusers import AutoencoderKL, ModelMixin
 from torch import nn
 
 from ldm_vae.config import ModelConfig
-from ldm_vae.errors import ConfigError
+from ldm_vae.models.loading import load_autoencoder
 
 
 def ldm_layout(model: ModelConfig, resolution_px: int) -> dict[str, object]:
@@ -37,7 +35,7 @@ def ldm_layout(model: ModelConfig, resolution_px: int) -> dict[str, object]:
 def build_autoencoder_kl(model: ModelConfig, resolution_px: int) -> AutoencoderKL:
     """A fresh AutoencoderKL with LDM's Encoder/Decoder layout, or the one in `model.init_from`."""
     if model.init_from is not None:
-        return load_autoencoder_kl(model.init_from, key="model.init_from")
+        return load_autoencoder(model.init_from, "model.init_from", kinds=("AutoencoderKL",)).train()
     vae = AutoencoderKL(**ldm_layout(model, resolution_px))
     if model.posterior_logvar_init is not None:
         # quant_conv outputs (mean, logvar) stacked on channels. A random init starts near logvar 0, i.e.
@@ -45,18 +43,6 @@ def build_autoencoder_kl(model: ModelConfig, resolution_px: int) -> AutoencoderK
         with torch.no_grad():
             vae.quant_conv.bias[model.latent_channels :] = model.posterior_logvar_init
     return vae
-
-
-def load_autoencoder_kl(folder: str | Path, key: str = "--model") -> AutoencoderKL:
-    """Load a diffusers AutoencoderKL folder from local disk only, with a clear error if it is not one."""
-    path = Path(folder).expanduser()
-    if not (path / "config.json").is_file():
-        raise ConfigError(f"{key}={str(folder)!r}: not a diffusers model folder (no config.json in it)")
-    try:
-        return AutoencoderKL.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError, TypeError) as error:
-        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ConfigError(f"{key}={str(folder)!r}: cannot load as AutoencoderKL ({first_line})") from None
 
 
 def downsampling_factor_of(model: ModelMixin) -> int:
