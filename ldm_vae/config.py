@@ -81,9 +81,10 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 4.5e-6  # autoencoder learning rate (not scaled by batch size: set what you mean)
-    disc_lr: float | None = None  # discriminator learning rate; None = lr
-    adam_betas: list[float] = field(default_factory=lambda: [0.5, 0.9])  # LDM/taming betas
+    """AdamW and the LR schedule; defaults are the latent UNet's (DiT/diffusers train_unconditional)."""
+
+    lr: float = 1e-4  # learning rate (not scaled by batch size: set what you mean)
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 0.0  # AdamW decoupled weight decay
     warmup_steps: int = 0  # linear LR warm-up from 0
     schedule: Literal["constant", "cosine"] = "constant"  # after warm-up
@@ -92,20 +93,27 @@ class OptimConfig:
 
 
 @dataclass
+class AutoencoderOptimConfig(OptimConfig):
+    lr: float = 4.5e-6  # autoencoder learning rate (LDM's base_learning_rate, not scaled by batch)
+    adam_betas: list[float] = field(default_factory=lambda: [0.5, 0.9])  # LDM/taming betas
+    disc_lr: float | None = None  # discriminator learning rate; None = lr
+
+
+@dataclass
 class TrainConfig:
     batch_size: int = 4  # images per process per micro-batch
     grad_accum_steps: int = 1  # micro-batches per optimizer step
     max_steps: int = 100_000  # optimizer steps
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # autocast; master weights stay fp32
-    ema_decay: float = 0.999  # EMA of the autoencoder weights (warm-up (1+n)/(10+n) up to this)
+    ema_decay: float = 0.999  # EMA of the trained weights (warm-up (1+n)/(10+n) up to this)
     checkpoint_every_steps: int = 1000  # full training state, for resuming
     checkpoint_total_limit: int = 3  # keep this many checkpoints
     resume: str | None = None  # "latest" or a checkpoint folder
     log_every_steps: int = 50  # scalars to TensorBoard and stats.jsonl
-    image_every_steps: int = 500  # reconstruction grids to TensorBoard
+    image_every_steps: int = 500  # reconstruction or sample grids to TensorBoard
     max_nonfinite_steps: int = 5  # stop after this many non-finite losses in a row
     use_channels_last: bool = False  # channels_last memory format (faster convs on GPU)
-    use_compile: bool = False  # torch.compile the autoencoder
+    use_compile: bool = False  # torch.compile the trained model
 
 
 @dataclass
@@ -121,9 +129,71 @@ class AutoencoderTrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
+    optim: AutoencoderOptimConfig = field(default_factory=AutoencoderOptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Latent diffusion (train/ldm.py)
+
+
+@dataclass
+class LatentDataConfig:
+    latents: str = "runs/latents"  # a latent store written by `ldm-vae encode`
+    autoencoder: str | None = None  # the autoencoder folder that decodes them; None = the one in the manifest
+    mode: Literal["sample", "mean"] = "sample"  # KL: draw z from the stored posterior, or use its mean
+    normalization: Literal["scale", "shift_scale", "per_channel", "none"] = "scale"  # see LatentDataset
+    flip_probability: float = 0.0  # read the stored flipped latents this often (needs `encode --flip`)
+    num_workers: int = 2  # DataLoader worker processes per training process
+
+
+@dataclass
+class UNetConfig:
+    """A diffusers UNet2DModel; in/out channels and sample size come from the latent store."""
+
+    block_out_channels: list[int] = field(default_factory=lambda: [224, 448, 672, 896])  # one per level
+    attention_levels: list[bool] = field(default_factory=lambda: [False, True, True, True])  # self-attention
+    layers_per_block: int = 2  # ResNet blocks per level
+    attention_head_dim: int = 32  # channels per attention head
+    norm_num_groups: int = 32  # GroupNorm groups; must divide every block width
+    dropout: float = 0.0  # ResNet dropout
+    class_conditional: bool = True  # one class embedding per store class, plus the null class for CFG
+    latent_channels: int | None = None  # expected store channels; None = whatever the store holds
+    latent_size: int | None = None  # expected store latent height = width; None = whatever the store holds
+
+
+@dataclass
+class DiffusionConfig:
+    num_train_timesteps: int = 1000  # T
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "scaled_linear"  # SD: scaled
+    beta_start: float = 0.00085  # SD / LDM kl-f8 values
+    beta_end: float = 0.012
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"  # what the UNet predicts
+    min_snr_gamma: float = 0.0  # Min-SNR-gamma loss weight (Hang et al. 2023; 5 is theirs); 0 = plain MSE
+    label_dropout: float = 0.1  # chance of training on the null class (classifier-free guidance)
+
+
+@dataclass
+class SampleConfig:
+    """Sample grids during training and in the final report (EMA weights, fixed seed)."""
+
+    scheduler: Literal["ddpm", "ddim", "dpm"] = "ddim"  # DDPM ancestral, DDIM (eta 0), DPM-Solver++
+    num_inference_steps: int = 50
+    guidance_scale: float = 1.0  # classifier-free guidance; 1 = none
+    per_class: int = 8  # images per class in a grid (unconditional: images = 8 x per_class)
+
+
+@dataclass
+class LDMTrainConfig:
+    run_dir: str = "runs/ldm"  # checkpoints, logs, the pipeline and its report go here
+    seed: int = 0  # drives data order, posterior draws, diffusion noise, timesteps, label drops and init
+    data: LatentDataConfig = field(default_factory=LatentDataConfig)
+    model: UNetConfig = field(default_factory=UNetConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -335,6 +405,34 @@ def validate_quantizer(model: ModelConfig, loss: LossConfig) -> None:
     )
 
 
+def validate_optim(optim: OptimConfig) -> None:
+    _require(optim.lr > 0, f"optim.lr={optim.lr}: must be > 0")
+    _require(
+        len(optim.adam_betas) == 2 and all(0 <= b < 1 for b in optim.adam_betas),
+        f"optim.adam_betas={optim.adam_betas}: must be two numbers in [0, 1)",
+    )
+    _require(optim.weight_decay >= 0, f"optim.weight_decay={optim.weight_decay}: must be >= 0")
+    _require(optim.warmup_steps >= 0, f"optim.warmup_steps={optim.warmup_steps}: must be >= 0")
+    _require(0 <= optim.min_lr_ratio <= 1, f"optim.min_lr_ratio={optim.min_lr_ratio}: must be in [0, 1]")
+    _require(optim.grad_clip >= 0, f"optim.grad_clip={optim.grad_clip}: must be >= 0 (0 disables)")
+
+
+def validate_train(train: TrainConfig) -> None:
+    for name in (
+        "batch_size",
+        "grad_accum_steps",
+        "max_steps",
+        "checkpoint_every_steps",
+        "checkpoint_total_limit",
+        "log_every_steps",
+        "image_every_steps",
+        "max_nonfinite_steps",
+    ):
+        value = getattr(train, name)
+        _require(value >= 1, f"train.{name}={value}: must be >= 1")
+    _require(0 <= train.ema_decay < 1, f"train.ema_decay={train.ema_decay}: must be in [0, 1)")
+
+
 def validate_autoencoder_config(cfg: AutoencoderTrainConfig) -> None:
     data, model, loss, optim, train = cfg.data, cfg.model, cfg.loss, cfg.optim, cfg.train
     factor = downsampling_factor(model)
@@ -374,32 +472,69 @@ def validate_autoencoder_config(cfg: AutoencoderTrainConfig) -> None:
     _require(
         loss.adaptive_weight_max > 0, f"loss.adaptive_weight_max={loss.adaptive_weight_max}: must be > 0"
     )
-    _require(optim.lr > 0, f"optim.lr={optim.lr}: must be > 0")
     _require(optim.disc_lr is None or optim.disc_lr > 0, f"optim.disc_lr={optim.disc_lr}: must be > 0")
-    _require(
-        len(optim.adam_betas) == 2 and all(0 <= b < 1 for b in optim.adam_betas),
-        f"optim.adam_betas={optim.adam_betas}: must be two numbers in [0, 1)",
-    )
-    _require(optim.weight_decay >= 0, f"optim.weight_decay={optim.weight_decay}: must be >= 0")
-    _require(optim.warmup_steps >= 0, f"optim.warmup_steps={optim.warmup_steps}: must be >= 0")
-    _require(0 <= optim.min_lr_ratio <= 1, f"optim.min_lr_ratio={optim.min_lr_ratio}: must be in [0, 1]")
-    _require(optim.grad_clip >= 0, f"optim.grad_clip={optim.grad_clip}: must be >= 0 (0 disables)")
-    for name in (
-        "batch_size",
-        "grad_accum_steps",
-        "max_steps",
-        "checkpoint_every_steps",
-        "checkpoint_total_limit",
-        "log_every_steps",
-        "image_every_steps",
-        "max_nonfinite_steps",
-    ):
-        value = getattr(train, name)
-        _require(value >= 1, f"train.{name}={value}: must be >= 1")
-    _require(0 <= train.ema_decay < 1, f"train.ema_decay={train.ema_decay}: must be in [0, 1)")
+    validate_optim(optim)
+    validate_train(train)
     _require(
         cfg.export.scaling_samples >= 1, f"export.scaling_samples={cfg.export.scaling_samples}: must be >= 1"
     )
     _require(
         cfg.export.report_samples >= 1, f"export.report_samples={cfg.export.report_samples}: must be >= 1"
     )
+
+
+def validate_ldm_config(cfg: LDMTrainConfig) -> None:
+    """What can be checked without the store; train/ldm.py checks the config against the store."""
+    data, model, diffusion, sample = cfg.data, cfg.model, cfg.diffusion, cfg.sample
+    _require(
+        0 <= data.flip_probability <= 1, f"data.flip_probability={data.flip_probability}: must be in [0, 1]"
+    )
+    _require(data.num_workers >= 0, f"data.num_workers={data.num_workers}: must be >= 0")
+    _require(len(model.block_out_channels) >= 1, "model.block_out_channels: needs at least one level")
+    _require(
+        len(model.attention_levels) == len(model.block_out_channels),
+        f"model.attention_levels={model.attention_levels}: needs one entry per level of "
+        f"model.block_out_channels={model.block_out_channels}",
+    )
+    for i, width in enumerate(model.block_out_channels):
+        _require(
+            width > 0 and width % model.norm_num_groups == 0,
+            f"model.block_out_channels[{i}]={width}: must be > 0 and divisible by model.norm_num_groups="
+            f"{model.norm_num_groups}",
+        )
+        _require(
+            not model.attention_levels[i] or width % model.attention_head_dim == 0,
+            f"model.block_out_channels[{i}]={width}: an attention level needs a multiple of "
+            f"model.attention_head_dim={model.attention_head_dim}",
+        )
+    _require(model.layers_per_block >= 1, f"model.layers_per_block={model.layers_per_block}: must be >= 1")
+    _require(
+        model.attention_head_dim >= 1, f"model.attention_head_dim={model.attention_head_dim}: must be >= 1"
+    )
+    _require(0 <= model.dropout < 1, f"model.dropout={model.dropout}: must be in [0, 1)")
+    _require(
+        diffusion.num_train_timesteps >= 2,
+        f"diffusion.num_train_timesteps={diffusion.num_train_timesteps}: must be >= 2",
+    )
+    _require(
+        0 < diffusion.beta_start < diffusion.beta_end < 1,
+        f"diffusion.beta_start={diffusion.beta_start}, beta_end={diffusion.beta_end}: need 0 < start < end "
+        "< 1",
+    )
+    _require(diffusion.min_snr_gamma >= 0, f"diffusion.min_snr_gamma={diffusion.min_snr_gamma}: must be >= 0")
+    _require(
+        0 <= diffusion.label_dropout < 1,
+        f"diffusion.label_dropout={diffusion.label_dropout}: must be in [0, 1)",
+    )
+    _require(
+        not (sample.guidance_scale != 1 and (not model.class_conditional or diffusion.label_dropout == 0)),
+        f"sample.guidance_scale={sample.guidance_scale}: classifier-free guidance needs "
+        "model.class_conditional=true and diffusion.label_dropout > 0; use 1.0",
+    )
+    _require(
+        sample.num_inference_steps >= 1,
+        f"sample.num_inference_steps={sample.num_inference_steps}: must be >= 1",
+    )
+    _require(sample.per_class >= 1, f"sample.per_class={sample.per_class}: must be >= 1")
+    validate_optim(cfg.optim)
+    validate_train(cfg.train)

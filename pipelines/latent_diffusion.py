@@ -30,14 +30,16 @@ class LatentDiffusionPipeline(DiffusionPipeline):
     Load a saved pipeline with `LatentDiffusionPipeline.from_pretrained(path)` (no `custom_pipeline` needed).
 
     Parameters:
-        vae ([`AutoencoderKL`] or [`VQModel`]): the first stage; a `VQModel` quantizes in `decode`.
+        vae ([`AutoencoderKL`] or [`VQModel`]): the first stage; a `VQModel` quantizes in `decode`. None
+            for a pixel-space UNet, sampled with `denoise`.
         unet ([`UNet2DModel`]): denoises latents; in/out channels equal the latent channels.
         scheduler ([`SchedulerMixin`]): any diffusers scheduler, e.g. DDPM, DDIM or DPM-Solver.
     """
 
     model_cpu_offload_seq = "unet->vae"
+    _optional_components = ["vae"]  # None: a pixel-space UNet, sampled with `denoise`
 
-    def __init__(self, vae: AutoencoderKL | VQModel, unet: UNet2DModel, scheduler: SchedulerMixin):
+    def __init__(self, vae: AutoencoderKL | VQModel | None, unet: UNet2DModel, scheduler: SchedulerMixin):
         super().__init__()
         self.register_modules(vae=vae, unet=unet, scheduler=scheduler)
 
@@ -86,7 +88,7 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         return labels
 
     @torch.no_grad()
-    def __call__(
+    def denoise(
         self,
         batch_size: int = 1,
         class_labels: list[int] | torch.Tensor | None = None,
@@ -94,36 +96,12 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         guidance_scale: float = 1.0,
         generator: torch.Generator | None = None,
         latents: torch.Tensor | None = None,
-        output_type: str = "pil",
-        return_dict: bool = True,
-    ) -> ImagePipelineOutput | tuple:
-        r"""
-        Generate images.
+    ) -> torch.Tensor:
+        """The reverse diffusion alone: model-space samples `(b, c, h, w)`, not decoded.
 
-        Args:
-            batch_size: number of images; ignored when `class_labels` are given (one image per label).
-            class_labels: ids in `[0, num_class_embeds - 1)`; random ones for a conditional UNet if None.
-            num_inference_steps: denoising steps.
-            guidance_scale: classifier-free guidance weight; 1.0 disables guidance.
-            generator: a `torch.Generator` for deterministic sampling.
-            latents: unit-variance noise in model space, `(b, c, h, w)`; drawn from `generator` if None.
-            output_type: `"pil"`, `"np"` (array `(b, H, W, 3)`) or `"pt"` (tensor `(b, 3, H, W)`), in [0, 1].
-            return_dict: return an [`ImagePipelineOutput`] instead of a tuple.
-
-        Example:
-
-        ```py
-        >>> import torch
-        >>> from pipelines import LatentDiffusionPipeline
-
-        >>> pipe = LatentDiffusionPipeline.from_pretrained("runs/ldm/pipeline")
-        >>> images = pipe(class_labels=[0, 1], guidance_scale=3.0, num_inference_steps=50,
-        ...               generator=torch.Generator().manual_seed(0)).images
-        >>> images[0].save("sample.png")
-        ```
+        Works without a `vae` (pass `vae=None`): a pixel-space UNet then samples images in [-1, 1].
+        Arguments as in `__call__`.
         """
-        if output_type not in ("pil", "np", "pt"):
-            raise ConfigError(f"output_type={output_type!r} is unknown; use 'pil', 'np' or 'pt'")
         device = self._execution_device
 
         # 1. Validate the class labels and guidance.
@@ -163,6 +141,52 @@ class LatentDiffusionPipeline(DiffusionPipeline):
 
             # 2. compute previous sample: x_t -> x_t-1
             latents = self.scheduler.step(model_output, t, latents, **step_kwargs).prev_sample
+        return latents
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        batch_size: int = 1,
+        class_labels: list[int] | torch.Tensor | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 1.0,
+        generator: torch.Generator | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ) -> ImagePipelineOutput | tuple:
+        r"""
+        Generate images.
+
+        Args:
+            batch_size: number of images; ignored when `class_labels` are given (one image per label).
+            class_labels: ids in `[0, num_class_embeds - 1)`; random ones for a conditional UNet if None.
+            num_inference_steps: denoising steps.
+            guidance_scale: classifier-free guidance weight; 1.0 disables guidance.
+            generator: a `torch.Generator` for deterministic sampling.
+            latents: unit-variance noise in model space, `(b, c, h, w)`; drawn from `generator` if None.
+            output_type: `"pil"`, `"np"` (array `(b, H, W, 3)`) or `"pt"` (tensor `(b, 3, H, W)`), in [0, 1].
+            return_dict: return an [`ImagePipelineOutput`] instead of a tuple.
+
+        Example:
+
+        ```py
+        >>> import torch
+        >>> from pipelines import LatentDiffusionPipeline
+
+        >>> pipe = LatentDiffusionPipeline.from_pretrained("runs/ldm/pipeline")
+        >>> images = pipe(class_labels=[0, 1], guidance_scale=3.0, num_inference_steps=50,
+        ...               generator=torch.Generator().manual_seed(0)).images
+        >>> images[0].save("sample.png")
+        ```
+        """
+        if output_type not in ("pil", "np", "pt"):
+            raise ConfigError(f"output_type={output_type!r} is unknown; use 'pil', 'np' or 'pt'")
+        if self.vae is None:
+            raise ConfigError("this pipeline has no vae to decode with; call pipe.denoise(...) instead")
+        latents = self.denoise(
+            batch_size, class_labels, num_inference_steps, guidance_scale, generator, latents
+        )
 
         # 4. Decode: model space -> VAE latents -> images in [0, 1].
         z = self.model_space_to_latents(latents).to(self.vae.dtype)

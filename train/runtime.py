@@ -11,6 +11,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
 from ldm_vae.config import OptimConfig
+from ldm_vae.data.sampler import position_generator
 from ldm_vae.errors import ConfigError
 
 
@@ -49,11 +50,6 @@ def lr_at(step: int, base_lr: float, optim: OptimConfig, max_steps: int) -> floa
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
-
-
-def position_generator(seed: int, position: int) -> torch.Generator:
-    """The generator of one stream position: the same on every process, batch layout and resume."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + position)
 
 
 def position_noise(positions: range, shape: tuple[int, ...], seed: int) -> torch.Tensor:

@@ -15,6 +15,20 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.utils.data import Sampler
 
+# Independent random streams read at the same stream position: an autoencoder's posterior noise, a latent
+# store's posterior draw and flip, and the diffusion noise, timestep and label drop. Without separate
+# streams the diffusion noise of a sample would equal its posterior noise.
+AUTOENCODER_NOISE_STREAM, LATENT_READ_STREAM, DIFFUSION_STREAM = 0, 1, 2
+
+
+def position_seed(seed: int, position: int, stream: int = AUTOENCODER_NOISE_STREAM) -> int:
+    """The seed of one stream position: the same on every process, batch layout and resume."""
+    return seed * 1_000_003 + position + stream * 2**62
+
+
+def position_generator(seed: int, position: int, stream: int = AUTOENCODER_NOISE_STREAM) -> torch.Generator:
+    return torch.Generator().manual_seed(position_seed(seed, position, stream))
+
 
 class StreamSampler(Sampler[tuple[int, int]]):
     def __init__(

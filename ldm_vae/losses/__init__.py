@@ -1,6 +1,8 @@
-"""Loss terms of the LDM first-stage objective (Rombach et al., CVPR 2022, Section 3 and Appendix G)."""
+"""Loss terms of the LDM first-stage objective (Rombach et al., CVPR 2022, Section 3 and Appendix G) and
+of the latent diffusion model trained on its latents."""
 
 from ldm_vae.losses.adaptive import adaptive_weight
+from ldm_vae.losses.diffusion import diffusion_loss, min_snr_weight
 from ldm_vae.losses.discriminator import (
     PatchDiscriminator,
     generator_adversarial_loss,
@@ -15,7 +17,9 @@ __all__ = [
     "adaptive_weight",
     "default_heads_path",
     "default_vgg16_path",
+    "diffusion_loss",
     "generator_adversarial_loss",
     "hinge_discriminator_loss",
     "kl_to_standard_normal",
+    "min_snr_weight",
 ]

@@ -1,4 +1,4 @@
-"""Builders for the diffusers models we train, and the modules that wrap them for training."""
+"""Builders for the diffusers models we train (autoencoders, the latent UNet) and their training wrappers."""
 
 from ldm_vae.models.autoencoder_kl import (
     KLTrainingModule,
@@ -7,6 +7,7 @@ from ldm_vae.models.autoencoder_kl import (
     latent_shape,
 )
 from ldm_vae.models.loading import load_autoencoder
+from ldm_vae.models.unet import build_noise_scheduler, build_unet
 from ldm_vae.models.vq_model import (
     VQTrainingModule,
     build_vqmodel,
@@ -20,6 +21,8 @@ __all__ = [
     "KLTrainingModule",
     "VQTrainingModule",
     "build_autoencoder_kl",
+    "build_noise_scheduler",
+    "build_unet",
     "build_vqmodel",
     "downsampling_factor_of",
     "encode_to_codes",
