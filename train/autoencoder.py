@@ -36,7 +36,7 @@ from ldm_vae.losses import (
     hinge_discriminator_loss,
 )
 from ldm_vae.losses.autoencoder import kl_loss, reconstruction_nll
-from ldm_vae.metrics import kl_per_channel
+from ldm_vae.metrics.latent import active_channels, collapse_warning, kl_per_channel
 from ldm_vae.models import (
     KLTrainingModule,
     VQTrainingModule,
@@ -346,6 +346,7 @@ def train(cfg: AutoencoderTrainConfig) -> Path:
     stop = StopRequest()
     running: dict[str, tuple[torch.Tensor, int]] = {}  # sums over micro-batches since the last log
     grad_norms: dict[str, torch.Tensor] = {}
+    last_active: int | None = None  # active latent channels at the last log, for collapse_warning
     last_log_time, last_log_step = time.perf_counter(), progress.step
     try:
         while progress.step < cfg.train.max_steps:
@@ -421,6 +422,13 @@ def train(cfg: AutoencoderTrainConfig) -> Path:
                 if "logvar" in out:
                     kl = kl_per_channel(out["mean"].detach(), out["logvar"].detach())
                     scalars.update({f"latent/kl_channel_{c}": value.item() for c, value in enumerate(kl)})
+                    if len(out["mean"]) >= 2:  # active units: the spread of the means over this rank's batch
+                        active, _ = active_channels(out["mean"].detach())
+                        scalars["latent/active_channels"] = active
+                        warning = collapse_warning(last_active, active, len(kl))
+                        if warning:
+                            tracker.info(f"step {progress.step}: {warning}")
+                        last_active = active
                 else:
                     scalars["codebook/dead_codes"] = autoencoder.quantize.dead_codes()
                     scalars["codebook/restarted_codes"] = autoencoder.quantize.last_restarts  # last step
