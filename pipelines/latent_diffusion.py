@@ -16,6 +16,7 @@ from diffusers import (
 from diffusers.utils.torch_utils import randn_tensor
 
 from ldm_vae.errors import ConfigError
+from ldm_vae.models.normalization import latent_shift_and_scale
 
 
 class LatentDiffusionPipeline(DiffusionPipeline):
@@ -34,24 +35,33 @@ class LatentDiffusionPipeline(DiffusionPipeline):
             for a pixel-space UNet, sampled with `denoise`.
         unet ([`UNet2DModel`]): denoises latents; in/out channels equal the latent channels.
         scheduler ([`SchedulerMixin`]): any diffusers scheduler, e.g. DDPM, DDIM or DPM-Solver.
+        class_names (`list[str]`, *optional*): a name per class id, saved in `model_index.json`;
+            `class_labels` may then be given by name.
     """
 
     model_cpu_offload_seq = "unet->vae"
     _optional_components = ["vae"]  # None: a pixel-space UNet, sampled with `denoise`
 
-    def __init__(self, vae: AutoencoderKL | VQModel | None, unet: UNet2DModel, scheduler: SchedulerMixin):
+    def __init__(
+        self,
+        vae: AutoencoderKL | VQModel | None,
+        unet: UNet2DModel,
+        scheduler: SchedulerMixin,
+        class_names: list[str] | None = None,
+    ):
         super().__init__()
+        num_class_embeds = unet.config.num_class_embeds
+        if class_names is not None and (num_class_embeds is None or len(class_names) != num_class_embeds - 1):
+            raise ConfigError(
+                f"class_names: {len(class_names)} given, but the UNet has "
+                f"{0 if num_class_embeds is None else num_class_embeds - 1} classes"
+            )
         self.register_modules(vae=vae, unet=unet, scheduler=scheduler)
+        self.register_to_config(class_names=list(class_names) if class_names is not None else None)
 
-    def _shift_and_scale(self, z: torch.Tensor) -> tuple[torch.Tensor | float, torch.Tensor | float]:
-        config = self.vae.config
-        mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
-        if mean is not None and std is not None:
-            view = (1, -1) + (1,) * (z.ndim - 2)
-            mean = torch.tensor(mean, device=z.device, dtype=z.dtype).view(view)
-            std = torch.tensor(std, device=z.device, dtype=z.dtype).view(view)
-            return mean, 1.0 / std
-        return getattr(config, "shift_factor", None) or 0.0, config.scaling_factor
+    def _shift_and_scale(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shift, scale = latent_shift_and_scale(self.vae)  # (c or 1, 1, 1) each
+        return shift.to(z.device, z.dtype), scale.to(z.device, z.dtype)
 
     def latents_to_model_space(self, z: torch.Tensor) -> torch.Tensor:
         """VAE latents -> what the UNet sees: `(z - shift) * scale`."""
@@ -64,7 +74,11 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         return z_model / scale + shift
 
     def _class_labels(
-        self, batch_size: int, class_labels: list[int] | torch.Tensor | None, guidance_scale: float, generator
+        self,
+        batch_size: int,
+        class_labels: list[int | str] | torch.Tensor | None,
+        guidance_scale: float,
+        generator: torch.Generator | None,
     ) -> torch.Tensor | None:
         num_class_embeds = self.unet.config.num_class_embeds
         if num_class_embeds is None:
@@ -81,17 +95,27 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         if class_labels is None:
             gen_device = generator.device if generator is not None else "cpu"
             return torch.randint(0, num_classes, (batch_size,), generator=generator, device=gen_device)
+        if not isinstance(class_labels, torch.Tensor):
+            class_labels = [self._class_id(label) for label in class_labels]
         labels = torch.as_tensor(class_labels, dtype=torch.long).flatten()
         for label in labels.tolist():
             if not 0 <= label < num_classes:
                 raise ConfigError(f"class label {label} is out of range; use labels in [0, {num_classes})")
         return labels
 
+    def _class_id(self, label: int | str) -> int:
+        if not isinstance(label, str):
+            return label
+        names = self.config.class_names or []
+        if label not in names:
+            raise ConfigError(f"class label {label!r} is not a class name of this pipeline: {names}")
+        return names.index(label)
+
     @torch.no_grad()
     def denoise(
         self,
         batch_size: int = 1,
-        class_labels: list[int] | torch.Tensor | None = None,
+        class_labels: list[int | str] | torch.Tensor | None = None,
         num_inference_steps: int = 50,
         guidance_scale: float = 1.0,
         generator: torch.Generator | None = None,
@@ -147,7 +171,7 @@ class LatentDiffusionPipeline(DiffusionPipeline):
     def __call__(
         self,
         batch_size: int = 1,
-        class_labels: list[int] | torch.Tensor | None = None,
+        class_labels: list[int | str] | torch.Tensor | None = None,
         num_inference_steps: int = 50,
         guidance_scale: float = 1.0,
         generator: torch.Generator | None = None,
@@ -160,7 +184,8 @@ class LatentDiffusionPipeline(DiffusionPipeline):
 
         Args:
             batch_size: number of images; ignored when `class_labels` are given (one image per label).
-            class_labels: ids in `[0, num_class_embeds - 1)`; random ones for a conditional UNet if None.
+            class_labels: ids in `[0, num_class_embeds - 1)`, or class names; random ids for a conditional
+                UNet if None.
             num_inference_steps: denoising steps.
             guidance_scale: classifier-free guidance weight; 1.0 disables guidance.
             generator: a `torch.Generator` for deterministic sampling.

@@ -8,9 +8,18 @@ import sys
 
 import yaml
 
-from ldm_vae.config import AutoencoderTrainConfig, config_to_dict, load_config, validate_autoencoder_config
+from ldm_vae.config import (
+    AutoencoderTrainConfig,
+    LDMTrainConfig,
+    config_to_dict,
+    load_config,
+    validate_autoencoder_config,
+    validate_ldm_config,
+)
 from ldm_vae.errors import ConfigError, TrainingDiverged
 from train.encode import add_arguments as add_encode_arguments
+from train.evaluate import add_arguments as add_eval_arguments
+from train.interpolate import add_arguments as add_interpolate_arguments
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -24,8 +33,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     train_ae.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
 
+    train_ldm = commands.add_parser("train-ldm", help="train a latent diffusion UNet on a latent store")
+    train_ldm.add_argument("config", help="a preset name from configs/ (e.g. ldm-tiny) or a YAML file")
+    train_ldm.add_argument(
+        "overrides", nargs="*", help="key=value, e.g. data.latents=runs/latents train.max_steps=1000"
+    )
+    train_ldm.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+
     encode = commands.add_parser("encode", help="encode a dataset to sharded, checksummed latents")
     add_encode_arguments(encode)
+
+    eval_ae = commands.add_parser(
+        "eval-ae", help="reconstruction metrics (PSNR, SSIM, LPIPS, rFID, sharpness) and latent health"
+    )
+    add_eval_arguments(eval_ae)
+
+    interpolate = commands.add_parser(
+        "interpolate", help="latent interpolation strips, their smoothness, and prior samples"
+    )
+    add_interpolate_arguments(interpolate)
 
     export = commands.add_parser(
         "export", help="export and report a training checkpoint as a diffusers folder"
@@ -51,6 +77,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="", flush=True)
             if not args.dry_run:
                 train(cfg)
+        elif args.command == "train-ldm":
+            from train.ldm import train as train_ldm
+
+            cfg = load_config(LDMTrainConfig, args.config, args.overrides)
+            validate_ldm_config(cfg)
+            if _is_main_process():
+                print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="", flush=True)
+            if not args.dry_run:
+                train_ldm(cfg)
         elif args.command == "encode":
             from train.encode import encode, verify
 
@@ -61,6 +96,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{args.verify}: {'FAILED' if problems else 'OK'}")
                 return 1 if problems else 0
             encode(args)
+        elif args.command == "eval-ae":
+            from train.evaluate import evaluate
+
+            evaluate(args)
+        elif args.command == "interpolate":
+            from train.interpolate import interpolate
+
+            interpolate(args)
         elif args.command == "export":
             from train.autoencoder import export_checkpoint
 

@@ -24,8 +24,9 @@ from ldm_vae.latents.writer import encode_batch
 from ldm_vae.losses import LPIPS
 from ldm_vae.metrics.latent import latent_moments
 from ldm_vae.models import downsampling_factor_of, load_autoencoder
+from ldm_vae.models.normalization import latent_shift_and_scale
 from ldm_vae.viz.interpolate import METHODS, Distance, interpolate_pair, path_smoothness, pixel_rms
-from ldm_vae.viz.prior import prior_samples, prior_shift_and_scale
+from ldm_vae.viz.prior import prior_samples
 
 STEP_FIGURES = ("mean_step", "step_variance")  # per strip, averaged over the pairs in the summary
 
@@ -110,7 +111,7 @@ def prior_space_moments(vae: ModelMixin, images: torch.Tensor) -> dict[str, list
     encoded = encode_batch(vae, images)
     latents = encoded["mean"] if "mean" in encoded else encoded["latents"]  # (n, c, h, w): KL or VQ
     mean, std = latent_moments(latents, encoded.get("logvar"))  # (c,) each
-    shift, scale = (x.flatten().to(mean) for x in prior_shift_and_scale(vae))  # (c,) or (1,)
+    shift, scale = (x.flatten().to(mean) for x in latent_shift_and_scale(vae))  # (c,) or (1,)
     return {"mean": ((mean - shift) * scale).tolist(), "std": (std * scale).tolist()}
 
 

@@ -30,7 +30,7 @@ def laplacian_energy(x: Tensor) -> Tensor:
 
 
 def sharpness(reconstruction: Tensor, original: Tensor) -> Tensor:
-    """Laplacian energy ratio (b,) of reconstruction over original, both (b, c, h, w) in [-1, 1]; 1 = as sharp."""
+    """Laplacian energy ratio (b,), reconstruction over original (b, c, h, w) in [-1, 1]; 1 = as sharp."""
     assert reconstruction.shape == original.shape, (
         f"sharpness inputs differ in shape: {tuple(reconstruction.shape)} vs {tuple(original.shape)}"
     )

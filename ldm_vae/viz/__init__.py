@@ -1,6 +1,13 @@
-"""Pictures for runs: reconstruction grids and loss curves (headless)."""
+"""Pictures for runs: reconstruction grids, sample grids by class and loss curves (headless)."""
 
 from ldm_vae.viz.grids import reconstruction_grid, save_reconstruction_grid
 from ldm_vae.viz.plots import save_loss_curves
+from ldm_vae.viz.samples import class_grid, save_class_grid
 
-__all__ = ["reconstruction_grid", "save_loss_curves", "save_reconstruction_grid"]
+__all__ = [
+    "class_grid",
+    "reconstruction_grid",
+    "save_class_grid",
+    "save_loss_curves",
+    "save_reconstruction_grid",
+]

@@ -21,7 +21,7 @@ from einops import rearrange
 from torch import Tensor
 
 from ldm_vae.errors import ConfigError
-from ldm_vae.viz.prior import prior_shift_and_scale
+from ldm_vae.models.normalization import latent_shift_and_scale
 
 METHODS = ("linear", "slerp")
 PARALLEL_COS = 0.9995  # |cos angle| above which slerp falls back to lerp: its 1 / sin(angle) would blow up
@@ -111,7 +111,7 @@ def interpolate_pair(vae: ModelMixin, image_a: Tensor, image_b: Tensor, frames: 
     z0, z1 = z0.expand(frames, *z0.shape), z1.expand(frames, *z1.shape)  # (frames, c, h, w)
     if method == "linear":
         return decode_frames(vae, lerp(z0, z1, t))
-    shift, scale = prior_shift_and_scale(vae)  # (c or 1, 1, 1)
+    shift, scale = latent_shift_and_scale(vae)  # (c or 1, 1, 1)
     return decode_frames(vae, slerp(z0, z1, t, shift.to(z0), scale.to(z0)))
 
 

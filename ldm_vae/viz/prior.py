@@ -14,25 +14,12 @@ sample, so `prior_samples` refuses VQ models.
 """
 
 import torch
-from diffusers import AutoencoderKL, ModelMixin, VQModel
+from diffusers import AutoencoderKL, VQModel
 from torch import Tensor
 
 from ldm_vae.errors import ConfigError
 from ldm_vae.models.autoencoder_kl import latent_shape
-
-
-def prior_shift_and_scale(vae: ModelMixin) -> tuple[Tensor, Tensor]:
-    """(shift, scale), each (c, 1, 1) or (1, 1, 1), with `(z - shift) * scale ~ N(0, I)` under the prior.
-
-    Read from the config as LatentDiffusionPipeline reads them: per-channel `latents_mean`/`latents_std` take
-    precedence (shift = mean[c], scale = 1 / std[c]); else `shift_factor` (0 if unset) and `scaling_factor`.
-    """
-    config = vae.config
-    mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
-    if mean is not None and std is not None:
-        return torch.tensor(mean).view(-1, 1, 1), 1.0 / torch.tensor(std).view(-1, 1, 1)
-    shift = getattr(config, "shift_factor", None) or 0.0
-    return torch.full((1, 1, 1), float(shift)), torch.full((1, 1, 1), float(config.scaling_factor))
+from ldm_vae.models.normalization import latent_shift_and_scale
 
 
 @torch.no_grad()
@@ -55,6 +42,6 @@ def prior_samples(
     param = next(vae.parameters())
     shape = latent_shape(vae, resolution_px or int(vae.config.sample_size))  # (c, H/f, W/f)
     eps = torch.randn((num_samples, *shape), generator=generator)
-    shift, scale = prior_shift_and_scale(vae)
+    shift, scale = latent_shift_and_scale(vae)
     z = eps / scale + shift  # the inverse of z_model = (z - shift) * scale
     return vae.decode(z.to(param.device, param.dtype)).sample.clamp(-1.0, 1.0)

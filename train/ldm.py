@@ -1,0 +1,482 @@
+"""Train a latent diffusion UNet on a latent store: `ldm-vae train-ldm CONFIG [key=value ...]`.
+
+Also runs as `python -m train.ldm CONFIG [key=value ...]` under torchrun or accelerate launch. The data are
+the latents `ldm-vae encode` wrote, read by stream position (`PositionSeededLatents`), so the posterior
+draws, flips, diffusion noise, timesteps and label drops of every sample depend only on (seed, position):
+N processes equal one process at N times the batch, and a resumed run equals an uninterrupted one.
+Setup functions come first; `train()` holds the whole loop, one optimizer step top to bottom.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    ModelMixin,
+    SchedulerMixin,
+    UNet2DModel,
+)
+from diffusers.training_utils import EMAModel
+from torch.utils.data import DataLoader
+from torchvision.utils import make_grid
+
+from ldm_vae.config import LDMTrainConfig, save_config, validate_ldm_config
+from ldm_vae.data.sampler import DIFFUSION_STREAM, StreamSampler, position_generator
+from ldm_vae.errors import ConfigError, TrainingDiverged
+from ldm_vae.latents import LatentDataset, PositionSeededLatents
+from ldm_vae.latents.writer import autoencoder_identity
+from ldm_vae.losses import diffusion_loss
+from ldm_vae.models import build_noise_scheduler, build_unet, load_autoencoder
+from ldm_vae.models.normalization import set_latent_normalization
+from ldm_vae.viz import save_class_grid, save_loss_curves
+from pipelines import LatentDiffusionPipeline
+from train.checkpoints import CheckpointManager, Progress, list_checkpoints, resolve_resume
+from train.runtime import StopRequest, build_accelerator, ignore_interrupts_in_worker, lr_at, set_lr
+from train.tracking import RunTracker, read_stats
+
+SAMPLE_SCHEDULERS: dict[str, type[SchedulerMixin]] = {
+    "ddpm": DDPMScheduler,
+    "ddim": DDIMScheduler,
+    "dpm": DPMSolverMultistepScheduler,
+}
+TIMESTEP_BINS = 4  # the loss is also logged per quarter of [0, T): where the model is still learning
+LOSS_CURVE_KEYS = ["train/loss", *(f"train/loss_t{i}" for i in range(TIMESTEP_BINS)), "train/grad_norm"]
+
+# ---------------------------------------------------------------------------------------------------
+# Setup
+
+
+def open_store(cfg: LDMTrainConfig) -> LatentDataset:
+    """The latent store, checked against what the config expects of it."""
+    store = LatentDataset(cfg.data.latents, cfg.data.mode, cfg.data.normalization, cfg.data.flip_probability)
+    channels, height, width = store.latent_shape
+    model = cfg.model
+    if model.latent_channels is not None and model.latent_channels != channels:
+        raise ConfigError(
+            f"model.latent_channels={model.latent_channels}: the store {cfg.data.latents} holds "
+            f"{channels}-channel latents; encode with the matching autoencoder or set "
+            "model.latent_channels=null"
+        )
+    if model.latent_size is not None and model.latent_size != height:
+        raise ConfigError(
+            f"model.latent_size={model.latent_size}: the store {cfg.data.latents} holds {height}x{width} "
+            "latents; encode at the matching resolution or set model.latent_size=null"
+        )
+    factor = 2 ** (len(model.block_out_channels) - 1)
+    if height % factor or width % factor:
+        raise ConfigError(
+            f"model.block_out_channels={model.block_out_channels}: {len(model.block_out_channels)} levels "
+            f"downsample by {factor}, which does not divide the {height}x{width} latents; use fewer levels"
+        )
+    if model.class_conditional and store.num_classes < 2:
+        raise ConfigError(
+            f"model.class_conditional=true: the store {cfg.data.latents} has {store.num_classes} classes; "
+            "set model.class_conditional=false"
+        )
+    return store
+
+
+def load_decoder(cfg: LDMTrainConfig, store: LatentDataset) -> ModelMixin:
+    """The autoencoder that made the store, with the store's normalization written into its config.
+
+    The pipeline unscales with `scaling_factor`/`shift_factor` (or per-channel `latents_mean/std`) from the
+    VAE config, so writing the store's values there makes sampling invert exactly what training saw.
+    """
+    identity = store.manifest.get("autoencoder", {})
+    folder = cfg.data.autoencoder or identity.get("path")
+    if not folder:
+        raise ConfigError(f"{cfg.data.latents}/manifest.json names no autoencoder; set data.autoencoder")
+    vae = load_autoencoder(folder, "data.autoencoder")
+    if identity.get("config_sha256") and autoencoder_identity(vae, folder)["config_sha256"] != identity.get(
+        "config_sha256"
+    ):
+        raise ConfigError(
+            f"data.autoencoder={folder!r}: not the autoencoder that encoded {cfg.data.latents} (its config "
+            "differs from the manifest's); pass the folder used with `ldm-vae encode --model`"
+        )
+    scale, shift = store.scale_and_shift()  # (c, 1, 1) each: z_model = (z - shift) * scale
+    set_latent_normalization(vae, shift, scale, per_channel=cfg.data.normalization == "per_channel")
+    return vae
+
+
+def build_loader(
+    cfg: LDMTrainConfig, accelerator: Accelerator, store: LatentDataset, start: int
+) -> DataLoader:
+    """Each process reads its slice of the global stream; `start` = samples already seen (resume)."""
+    sampler = StreamSampler(
+        range(len(store)),
+        cfg.train.batch_size,
+        accelerator.process_index,
+        accelerator.num_processes,
+        cfg.seed,
+        start_position=start,
+    )
+    return DataLoader(
+        PositionSeededLatents(store, cfg.seed),
+        batch_size=cfg.train.batch_size,
+        sampler=sampler,
+        num_workers=cfg.data.num_workers,
+        pin_memory=torch.cuda.is_available(),
+        worker_init_fn=ignore_interrupts_in_worker,
+    )
+
+
+def diffusion_draws(
+    positions: range, shape: tuple[int, ...], num_train_timesteps: int, label_dropout: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(noise (b, *shape), timesteps (b,), drop_label (b,) bool), drawn per stream position.
+
+    From their own stream (`DIFFUSION_STREAM`), so they are independent of the posterior draw of the
+    same position, and identical for any process count, accumulation or resume point.
+    """
+    noise, timesteps, drops = [], [], []
+    for position in positions:
+        generator = position_generator(seed, position, DIFFUSION_STREAM)
+        timesteps.append(torch.randint(0, num_train_timesteps, (), generator=generator))
+        drops.append(torch.rand((), generator=generator) < label_dropout)
+        noise.append(torch.randn(shape, generator=generator))
+    return torch.stack(noise), torch.stack(timesteps), torch.stack(drops)
+
+
+def sampling_pipeline(
+    cfg: LDMTrainConfig,
+    unet: UNet2DModel,
+    vae: ModelMixin,
+    noise_scheduler: DDPMScheduler,
+    classes: list[str],
+) -> LatentDiffusionPipeline:
+    """The pipeline a user gets: the training schedule under the configured sampler."""
+    scheduler = SAMPLE_SCHEDULERS[cfg.sample.scheduler].from_config(noise_scheduler.config)
+    pipe = LatentDiffusionPipeline(
+        vae=vae, unet=unet, scheduler=scheduler, class_names=classes if cfg.model.class_conditional else None
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def sample_by_class(
+    pipe: LatentDiffusionPipeline,
+    per_class: int,
+    num_inference_steps: int,
+    guidance_scale: float,
+    seed: int,
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """(rows, per_class, 3, H, W) in [0, 1]: one row per class (8 rows for an unconditional model).
+
+    Each batch has its own seeded generator, so the grid does not depend on the batch size alone.
+    """
+    num_class_embeds = pipe.unet.config.num_class_embeds
+    rows = num_class_embeds - 1 if num_class_embeds else 8
+    labels = [row for row in range(rows) for _ in range(per_class)]
+    images = []
+    for start in range(0, len(labels), batch_size):
+        chunk = labels[start : start + batch_size]
+        generator = torch.Generator(pipe.device).manual_seed(seed + start)
+        images.append(
+            pipe(
+                batch_size=len(chunk),
+                class_labels=chunk if num_class_embeds else None,
+                num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale,
+                generator=generator,
+                output_type="pt",
+            ).images.cpu()
+        )
+    return torch.cat(images).unflatten(0, (rows, per_class))
+
+
+@torch.no_grad()
+def ema_samples(pipe: LatentDiffusionPipeline, ema: EMAModel, cfg: LDMTrainConfig) -> torch.Tensor:
+    """`sample_by_class` with the EMA weights (what export will hold) in eval mode, then swap back."""
+    unet = pipe.unet
+    ema.store(unet.parameters())
+    ema.copy_to(unet.parameters())
+    unet.eval()
+    try:
+        return sample_by_class(
+            pipe, cfg.sample.per_class, cfg.sample.num_inference_steps, cfg.sample.guidance_scale, cfg.seed
+        )
+    finally:
+        unet.train()
+        ema.restore(unet.parameters())
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training
+
+
+@dataclass
+class Session:
+    accelerator: Accelerator
+    store: LatentDataset
+    unet: torch.nn.Module  # prepared UNet2DModel
+    optimizer: torch.optim.Optimizer
+    ema: EMAModel
+    noise_scheduler: DDPMScheduler
+    progress: Progress
+    checkpoints: CheckpointManager
+
+
+def setup(cfg: LDMTrainConfig) -> Session:
+    """Validate (config, then config against the store), build, prepare; restore `train.resume` if set."""
+    validate_ldm_config(cfg)
+    run_dir = Path(cfg.run_dir)
+    resume_from = resolve_resume(run_dir, cfg.train.resume)
+    if resume_from is None and list_checkpoints(run_dir):
+        raise ConfigError(
+            f"run_dir={cfg.run_dir!r} already holds checkpoints; continue it with train.resume=latest "
+            "or choose another run_dir (nothing was changed)"
+        )
+    store = open_store(cfg)
+    accelerator = build_accelerator(
+        run_dir, cfg.train.mixed_precision, cfg.train.grad_accum_steps, cfg.train.use_compile
+    )
+    torch.manual_seed(cfg.seed)  # weight init: the same on every process
+    unet = build_unet(cfg.model, store.latent_shape, store.num_classes)
+    memory_format = torch.channels_last if cfg.train.use_channels_last else torch.contiguous_format
+    unet.to(accelerator.device, memory_format=memory_format)
+    ema = EMAModel(unet.parameters(), decay=cfg.train.ema_decay)
+    ema.to(accelerator.device)
+    optimizer = torch.optim.AdamW(
+        unet.parameters(),
+        lr=cfg.optim.lr,
+        betas=tuple(cfg.optim.adam_betas),
+        weight_decay=cfg.optim.weight_decay,
+    )
+    unet, optimizer = accelerator.prepare(unet, optimizer)
+
+    progress = Progress()
+    accelerator.register_for_checkpointing(progress)
+    accelerator.register_for_checkpointing(ema)
+    checkpoints = CheckpointManager(accelerator, run_dir, cfg.train.checkpoint_total_limit, {"unet": unet})
+    if resume_from is not None:
+        checkpoints.load(resume_from)
+    global_micro_batch = cfg.train.batch_size * accelerator.num_processes
+    if progress.samples_seen % global_micro_batch:
+        raise ConfigError(
+            f"train.resume={str(resume_from)!r}: saved at {progress.samples_seen} samples, not a multiple of "
+            f"train.batch_size x processes = {global_micro_batch}; resume with the batch size it was run with"
+        )
+    noise_scheduler = build_noise_scheduler(cfg.diffusion)
+    return Session(accelerator, store, unet, optimizer, ema, noise_scheduler, progress, checkpoints)
+
+
+def train(cfg: LDMTrainConfig) -> Path:
+    """Train, checkpoint, export the pipeline and report; returns the run folder."""
+    session = setup(cfg)
+    run_dir = Path(cfg.run_dir)
+    accelerator, store, progress, ema = session.accelerator, session.store, session.progress, session.ema
+    unet, optimizer, noise_scheduler = session.unet, session.optimizer, session.noise_scheduler
+    checkpoints = session.checkpoints
+    rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
+    memory_format = torch.channels_last if cfg.train.use_channels_last else torch.contiguous_format
+    global_micro_batch = cfg.train.batch_size * world
+    null_class = store.num_classes  # build_unet reserves the id after the last class
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+
+    loader = build_loader(cfg, accelerator, store, progress.samples_seen)
+    batches = iter(loader)
+    tracker = RunTracker(accelerator, run_dir, cfg.train.max_steps, progress.step)
+    tracker.info(
+        f"{'resuming' if progress.step else 'starting'} at step {progress.step}: {len(store)} latents "
+        f"{list(store.latent_shape)} ({store.kind}, {cfg.data.normalization}), {store.num_classes} classes, "
+        f"{world} process(es), global batch {global_micro_batch * cfg.train.grad_accum_steps}, "
+        f"{sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M UNet parameters"
+    )
+    raw_unet = accelerator.unwrap_model(unet)
+    if accelerator.is_main_process:  # only the main process samples grids, with the decoder on its device
+        pipe = sampling_pipeline(
+            cfg, raw_unet, load_decoder(cfg, store).to(device), noise_scheduler, store.classes
+        )
+    noise_scheduler.alphas_cumprod = noise_scheduler.alphas_cumprod.to(
+        device
+    )  # add_noise indexes it per step
+
+    stop = StopRequest()
+    running: dict[str, tuple[torch.Tensor, int]] = {}  # sums over micro-batches since the last log
+    last_log_time, last_log_step = time.perf_counter(), progress.step
+    grad_norm = torch.zeros(())
+    try:
+        while progress.step < cfg.train.max_steps:
+            step = progress.step
+            set_lr(optimizer, lr_at(step, cfg.optim.lr, cfg.optim, cfg.train.max_steps))
+            nonfinite = torch.zeros((), device=device)
+            for micro in range(cfg.train.grad_accum_steps):
+                latents, labels = next(batches)
+                latents = latents.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+                first = progress.samples_seen + micro * global_micro_batch + rank * cfg.train.batch_size
+                noise, timesteps, drop = diffusion_draws(
+                    range(first, first + len(latents)),
+                    store.latent_shape,
+                    cfg.diffusion.num_train_timesteps,
+                    cfg.diffusion.label_dropout,
+                    cfg.seed,
+                )
+                noise, timesteps = (
+                    noise.to(device).contiguous(memory_format=memory_format),
+                    timesteps.to(device),
+                )
+                class_labels = None
+                if cfg.model.class_conditional:  # dropped labels become the null class (CFG)
+                    class_labels = torch.where(drop, null_class, labels).to(device)
+                with accelerator.accumulate(unet):
+                    loss, per_sample = diffusion_loss(  # through the DDP wrapper: gradients all-reduce
+                        unet,
+                        noise_scheduler,
+                        latents,
+                        noise,
+                        timesteps,
+                        class_labels,
+                        cfg.diffusion.min_snr_gamma,
+                    )
+                    accelerator.backward(loss)
+                nonfinite += ~torch.isfinite(loss.detach())
+                logs = {"train/loss": loss.detach()}
+                bins = (timesteps * TIMESTEP_BINS) // cfg.diffusion.num_train_timesteps  # (b,) in [0, bins)
+                for b in range(TIMESTEP_BINS):
+                    in_bin = bins == b
+                    logs[f"train/loss_t{b}"] = (per_sample[in_bin].sum(), in_bin.sum())
+                for key, value in logs.items():  # (sum, count) pairs; a plain value counts once
+                    total, count = running.get(key, (0.0, 0))
+                    value, n = value if isinstance(value, tuple) else (value, 1)
+                    running[key] = (total + value.float(), count + n)
+            assert accelerator.sync_gradients, "the last micro-batch of a step must synchronise gradients"
+
+            # One collective decides for every process: skip a non-finite step, stop on a signal.
+            flags = torch.stack([nonfinite, torch.tensor(float(stop.requested), device=device)])
+            bad_step, stop_now = (accelerator.reduce(flags, "sum") > 0).tolist()
+            if not bad_step:
+                grad_norm = accelerator.clip_grad_norm_(
+                    unet.parameters(), cfg.optim.grad_clip or float("inf")
+                )
+                optimizer.step()
+                ema.step(raw_unet.parameters())
+            optimizer.zero_grad(set_to_none=True)
+            progress.step += 1
+            progress.samples_seen += global_micro_batch * cfg.train.grad_accum_steps
+            progress.consecutive_nonfinite = progress.consecutive_nonfinite + 1 if bad_step else 0
+            progress.nonfinite_steps += int(bad_step)
+            if bad_step:
+                tracker.info(
+                    f"step {step}: non-finite loss, step skipped ({progress.nonfinite_steps} so far)"
+                )
+                if progress.consecutive_nonfinite >= cfg.train.max_nonfinite_steps:
+                    raise TrainingDiverged(
+                        f"stopped at step {progress.step} after {progress.consecutive_nonfinite} non-finite "
+                        f"losses in a row (train.max_nonfinite_steps); last good checkpoint: "
+                        f"{resolve_resume(run_dir, 'latest')}; lower optim.lr or use bf16 instead of fp16"
+                    )
+            tracker.advance()
+
+            if progress.step % cfg.train.log_every_steps == 0 or progress.step == cfg.train.max_steps:
+                now = time.perf_counter()
+                scalars = {key: (total / max(count, 1)).item() for key, (total, count) in running.items()}
+                scalars["train/grad_norm"] = float(grad_norm)  # of the last step
+                scalars["train/lr"] = optimizer.param_groups[0]["lr"]
+                scalars["train/latents_per_sec"] = (
+                    (progress.step - last_log_step) * global_micro_batch * cfg.train.grad_accum_steps
+                ) / (now - last_log_time)
+                scalars["train/nonfinite_steps"] = progress.nonfinite_steps
+                tracker.scalars(progress.step, scalars)
+                tracker.postfix(scalars["train/loss"])
+                running, last_log_time, last_log_step = {}, now, progress.step
+            healthy = progress.consecutive_nonfinite == 0  # no images or checkpoints inside a bad streak
+            if healthy and accelerator.is_main_process and progress.step % cfg.train.image_every_steps == 0:
+                samples = ema_samples(pipe, ema, cfg)  # (rows, per_class, 3, H, W)
+                grid = make_grid(samples.flatten(0, 1), nrow=cfg.sample.per_class)
+                tracker.image("val/samples_ema", grid, progress.step)
+            if (healthy and progress.step % cfg.train.checkpoint_every_steps == 0) or stop_now:
+                saved = checkpoints.save(progress)
+                tracker.info(f"step {progress.step}: checkpoint {saved}")
+            if stop_now:
+                tracker.info(f"interrupted at step {progress.step}; continue with train.resume=latest")
+                raise KeyboardInterrupt
+        if progress.step % cfg.train.checkpoint_every_steps:
+            checkpoints.save(progress)
+    finally:
+        stop.restore()
+        tracker.close()
+
+    if accelerator.is_main_process:
+        ema.copy_to(raw_unet.parameters())  # training is over: the export holds the EMA weights
+        export_pipeline(cfg, pipe, progress, world, tracker)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return run_dir
+
+
+# ---------------------------------------------------------------------------------------------------
+# Export and report
+
+
+def export_pipeline(
+    cfg: LDMTrainConfig, pipe: LatentDiffusionPipeline, progress: Progress, world: int, tracker: RunTracker
+) -> dict[str, object]:
+    """Save the pipeline, check that the saved copy samples identically, write samples.png and report.json."""
+    run_dir = Path(cfg.run_dir)
+    pipe.unet.eval()
+    pipe.save_pretrained(run_dir / "pipeline")
+    reloaded = LatentDiffusionPipeline.from_pretrained(run_dir / "pipeline").to(pipe.device)
+    reloaded.set_progress_bar_config(disable=True)
+    check = dict(per_class=1, num_inference_steps=4, guidance_scale=cfg.sample.guidance_scale, seed=cfg.seed)
+    reload_max_abs_diff = (
+        (sample_by_class(pipe, **check) - sample_by_class(reloaded, **check)).abs().max().item()
+    )
+
+    samples = sample_by_class(
+        pipe, cfg.sample.per_class, cfg.sample.num_inference_steps, cfg.sample.guidance_scale, cfg.seed
+    )
+    save_class_grid(samples, run_dir / "samples.png", pipe.config.class_names)
+    stats = read_stats(run_dir)
+    save_loss_curves(stats, run_dir / "loss_curves.png", LOSS_CURVE_KEYS)
+    report = {
+        "pipeline": str(run_dir / "pipeline"),
+        "samples": str(run_dir / "samples.png"),
+        "steps": progress.step,
+        "samples_seen": progress.samples_seen,
+        "nonfinite_steps": progress.nonfinite_steps,
+        "num_processes": world,
+        "final_loss": stats[-1]["train/loss"] if stats else None,
+        "latents_per_sec": stats[-1].get("train/latents_per_sec") if stats else None,
+        "unet_parameters": sum(p.numel() for p in pipe.unet.parameters()),
+        "latent_channels": pipe.unet.config.in_channels,
+        "latent_size": pipe.unet.config.sample_size,
+        "vae_normalization": {
+            key: pipe.vae.config.get(key)
+            for key in ("scaling_factor", "shift_factor", "latents_mean", "latents_std")
+        },
+        "sampler": {
+            "scheduler": cfg.sample.scheduler,
+            "steps": cfg.sample.num_inference_steps,
+            "guidance_scale": cfg.sample.guidance_scale,
+        },
+        "reload_max_abs_diff": reload_max_abs_diff,
+    }
+    (run_dir / "report.json").write_text(json.dumps(report, indent=2))
+    tracker.info(
+        f"pipeline saved to {run_dir / 'pipeline'} (reload identical: {reload_max_abs_diff == 0}); "
+        f"samples in {run_dir / 'samples.png'}"
+    )
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    from train.cli import main as cli_main
+
+    return cli_main(["train-ldm", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
