@@ -55,20 +55,26 @@ def fresh_accelerate_state():
     GradientState._reset_state()
 
 
-def assert_same_training(run_a: Path, run_b: Path, cfg: AutoencoderTrainConfig) -> None:
-    """The two runs moved every weight tensor to the same place, up to float summation order.
+def assert_trained_alike(a: dict, b: dict, initial: dict, name: str) -> None:
+    """Two state dicts moved every weight tensor from `initial` to the same place, up to float summation
+    order.
 
     Compared relative to how far training moved each tensor from its (seeded) initial value: Adam turns
     rounding noise in near-zero gradients into visible steps, so an absolute tolerance is either flaky
     or meaningless. A real difference (other data, other noise, unsynchronised gradients) is O(1) here.
     """
+    for key in (k for k in a if k.endswith("weight")):
+        moved = (a[key] - initial[key]).norm()
+        assert moved > 0, f"{name}: {key} did not train"
+        assert (a[key] - b[key]).norm() <= 1e-2 * moved, f"{name}: {key} differs between the runs"
+
+
+def assert_same_training(run_a: Path, run_b: Path, cfg: AutoencoderTrainConfig) -> None:
+    """The autoencoder runs `run_a` and `run_b` trained alike (see `assert_trained_alike`)."""
     torch.manual_seed(cfg.seed)
     module, disc = build_models(cfg)
     initial = {"ae": module.state_dict()} | ({"discriminator": disc.state_dict()} if disc else {})
     for name, init in initial.items():
         a = load_file(list_checkpoints(run_a)[-1] / f"{name}.safetensors")
         b = load_file(list_checkpoints(run_b)[-1] / f"{name}.safetensors")
-        for key in (k for k in a if k.endswith("weight")):
-            moved = (a[key] - init[key]).norm()
-            assert moved > 0, f"{name}: {key} did not train"
-            assert (a[key] - b[key]).norm() <= 1e-2 * moved, f"{name}: {key} differs between the runs"
+        assert_trained_alike(a, b, init, name)
