@@ -17,9 +17,11 @@ from ldm_vae.config import (
     validate_ldm_config,
 )
 from ldm_vae.errors import ConfigError, TrainingDiverged
+from train.demo import add_arguments as add_demo_arguments
 from train.encode import add_arguments as add_encode_arguments
 from train.evaluate import add_arguments as add_eval_arguments
 from train.interpolate import add_arguments as add_interpolate_arguments
+from train.sample import add_arguments as add_sample_arguments
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,6 +54,12 @@ def _parser() -> argparse.ArgumentParser:
         "interpolate", help="latent interpolation strips, their smoothness, and prior samples"
     )
     add_interpolate_arguments(interpolate)
+
+    sample = commands.add_parser("sample", help="a labelled sample grid from a saved pipeline")
+    add_sample_arguments(sample)
+
+    demo = commands.add_parser("demo", help="the whole chain on built-in data: VAE, encode, LDM, report")
+    add_demo_arguments(demo)
 
     export = commands.add_parser(
         "export", help="export and report a training checkpoint as a diffusers folder"
@@ -104,6 +112,14 @@ def main(argv: list[str] | None = None) -> int:
             from train.interpolate import interpolate
 
             interpolate(args)
+        elif args.command == "sample":
+            from train.sample import sample
+
+            sample(args)
+        elif args.command == "demo":
+            from train.demo import demo
+
+            demo(args)
         elif args.command == "export":
             from train.autoencoder import export_checkpoint
 

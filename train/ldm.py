@@ -18,11 +18,8 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from diffusers import (
-    DDIMScheduler,
     DDPMScheduler,
-    DPMSolverMultistepScheduler,
     ModelMixin,
-    SchedulerMixin,
     UNet2DModel,
 )
 from diffusers.training_utils import EMAModel
@@ -41,13 +38,9 @@ from ldm_vae.viz import save_class_grid, save_loss_curves
 from pipelines import LatentDiffusionPipeline
 from train.checkpoints import CheckpointManager, Progress, list_checkpoints, resolve_resume
 from train.runtime import StopRequest, build_accelerator, ignore_interrupts_in_worker, lr_at, set_lr
+from train.sample import sample_by_class, with_scheduler
 from train.tracking import RunTracker, read_stats
 
-SAMPLE_SCHEDULERS: dict[str, type[SchedulerMixin]] = {
-    "ddpm": DDPMScheduler,
-    "ddim": DDIMScheduler,
-    "dpm": DPMSolverMultistepScheduler,
-}
 TIMESTEP_BINS = 4  # the loss is also logged per quarter of [0, T): where the model is still learning
 LOSS_CURVE_KEYS = ["train/loss", *(f"train/loss_t{i}" for i in range(TIMESTEP_BINS)), "train/grad_norm"]
 
@@ -155,44 +148,14 @@ def sampling_pipeline(
     classes: list[str],
 ) -> LatentDiffusionPipeline:
     """The pipeline a user gets: the training schedule under the configured sampler."""
-    scheduler = SAMPLE_SCHEDULERS[cfg.sample.scheduler].from_config(noise_scheduler.config)
     pipe = LatentDiffusionPipeline(
-        vae=vae, unet=unet, scheduler=scheduler, class_names=classes if cfg.model.class_conditional else None
+        vae=vae,
+        unet=unet,
+        scheduler=noise_scheduler,
+        class_names=classes if cfg.model.class_conditional else None,
     )
     pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def sample_by_class(
-    pipe: LatentDiffusionPipeline,
-    per_class: int,
-    num_inference_steps: int,
-    guidance_scale: float,
-    seed: int,
-    batch_size: int = 64,
-) -> torch.Tensor:
-    """(rows, per_class, 3, H, W) in [0, 1]: one row per class (8 rows for an unconditional model).
-
-    Each batch has its own seeded generator, so the grid does not depend on the batch size alone.
-    """
-    num_class_embeds = pipe.unet.config.num_class_embeds
-    rows = num_class_embeds - 1 if num_class_embeds else 8
-    labels = [row for row in range(rows) for _ in range(per_class)]
-    images = []
-    for start in range(0, len(labels), batch_size):
-        chunk = labels[start : start + batch_size]
-        generator = torch.Generator(pipe.device).manual_seed(seed + start)
-        images.append(
-            pipe(
-                batch_size=len(chunk),
-                class_labels=chunk if num_class_embeds else None,
-                num_inference_steps=num_inference_steps,
-                guidance_scale=guidance_scale,
-                generator=generator,
-                output_type="pt",
-            ).images.cpu()
-        )
-    return torch.cat(images).unflatten(0, (rows, per_class))
+    return with_scheduler(pipe, cfg.sample.scheduler)
 
 
 @torch.no_grad()

@@ -1,0 +1,227 @@
+"""The whole chain on the built-in shapes, in one command: `ldm-vae demo [--run-dir runs/demo]`.
+
+1. `train-ae kl-tiny`: a KL-VAE (f4, 4 channels) on 32 px shapes, exported with its measured scale.
+2. `encode`: every image to posterior moments, in checksummed shards with exact scaling statistics.
+3. `train-ldm ldm-tiny`: a class-conditional UNet on those latents, saved as a diffusers pipeline.
+4. Evaluation: a classifier trained here on the real images scores class-conditional samples (accuracy,
+   and a Fréchet distance of its features against held-out real images).
+5. `report.md`: every figure, the reconstruction grid and the sample grid by class.
+
+Each stage runs as its own `ldm-vae` process (the commands are printed, so any stage can be rerun by
+hand). A finished stage is skipped on a rerun and an interrupted training stage resumes from its last
+checkpoint, so running the demo again after Ctrl-C picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ldm_vae.config import AutoencoderTrainConfig, LDMTrainConfig, load_config
+from ldm_vae.data import build_dataset, train_held_out_split
+from ldm_vae.errors import ConfigError
+from ldm_vae.metrics.classifier import accuracy, frechet_distance, train_classifier
+from train.sample import load_pipeline, sample_by_class
+
+CLASSIFIER_TRAIN_IMAGES = 4096  # real training images the judging classifier sees
+CLASSIFIER_STEPS = 400
+SAMPLES_PER_CLASS = 48  # class-conditional samples scored per class
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run-dir", default="runs/demo", help="everything goes here (stages in subfolders)")
+    parser.add_argument(
+        "--ae", action="append", default=[], metavar="KEY=VALUE", help="override for train-ae kl-tiny"
+    )
+    parser.add_argument(
+        "--ldm", action="append", default=[], metavar="KEY=VALUE", help="override for train-ldm ldm-tiny"
+    )
+    parser.add_argument(
+        "--samples-per-class", type=int, default=SAMPLES_PER_CLASS, help="samples scored per class"
+    )
+
+
+def run_stage(name: str, arguments: list[str], log: list[str], done: bool = False) -> float | None:
+    """Run `ldm-vae ARGUMENTS` in a child process unless `done`; returns its wall time. A failing stage
+    stops the demo with the stage's exit code (its own error message is already printed)."""
+    command = [sys.executable, "-m", "train.cli", *arguments]
+    printable = "ldm-vae " + shlex.join(arguments)
+    log.append(printable)
+    if done:
+        print(f"\n=== {name}: finished earlier, skipped ({printable})", flush=True)
+        return None
+    print(f"\n=== {name}: {printable}", flush=True)
+    start = time.perf_counter()
+    completed = subprocess.run(command)
+    if completed.returncode != 0:
+        raise SystemExit(completed.returncode)
+    return time.perf_counter() - start
+
+
+def score_samples(
+    run_dir: Path, ae_cfg: AutoencoderTrainConfig, ldm_cfg: LDMTrainConfig, per_class: int
+) -> dict:
+    """Class accuracy and classifier-feature Fréchet distance of the LDM's samples, against real images."""
+    dataset = build_dataset(
+        ae_cfg.data.source, ae_cfg.data.resolution_px, ae_cfg.data.builtin_samples, ae_cfg.seed
+    )
+    train_indices, held_out = train_held_out_split(dataset, ae_cfg.data.held_out_samples, ae_cfg.seed)
+    num_classes = len(dataset.classes)
+    classifier = train_classifier(
+        dataset,
+        train_indices[:CLASSIFIER_TRAIN_IMAGES],
+        num_classes,
+        steps=CLASSIFIER_STEPS,
+        seed=ae_cfg.seed,
+    )
+    real = torch.stack([dataset[i][0] for i in held_out])  # (n, 3, R, R) in [-1, 1]
+    real_labels = torch.tensor([dataset[i][1] for i in held_out])
+    reference = torch.stack([dataset[i][0] for i in train_indices[-len(held_out) :]])
+
+    pipe = load_pipeline(str(run_dir / "ldm" / "pipeline"))
+    scores: dict[str, object] = {
+        "classifier_real_held_out_accuracy": accuracy(classifier, real, real_labels),
+        "samples_per_class": per_class,
+        "real_vs_real_frechet": frechet_distance(classifier.features(real), classifier.features(reference)),
+    }
+    with torch.no_grad():
+        for guidance in sorted({1.0, ldm_cfg.sample.guidance_scale}):
+            grid = sample_by_class(
+                pipe, per_class, ldm_cfg.sample.num_inference_steps, guidance, seed=ae_cfg.seed + 1
+            )  # (classes, per_class, 3, R, R) in [0, 1]
+            samples = grid.flatten(0, 1) * 2 - 1
+            labels = torch.arange(num_classes).repeat_interleave(per_class)
+            scores[f"guidance_{guidance:g}"] = {
+                "accuracy": accuracy(classifier, samples, labels),
+                "frechet_vs_real": frechet_distance(classifier.features(real), classifier.features(samples)),
+            }
+    return scores
+
+
+def write_report(run_dir: Path, figures: dict, commands: list[str]) -> None:
+    ae, encode, ldm, scores = figures["autoencoder"], figures["encode"], figures["ldm"], figures["samples"]
+    held = ae["held_out"]
+    guided = [key for key in scores if key.startswith("guidance_")]
+    lines = [
+        "# ldm-vae demo report",
+        "",
+        f"Built-in shapes, 32 px, {figures['machine']}. "
+        f"Total wall time {figures['seconds']['total'] / 60:.1f} min.",
+        "",
+        "| stage | figure | value |",
+        "|---|---|---|",
+        f"| autoencoder (kl-tiny, f4, {held['latent_shape']}) | held-out PSNR / bicubic floor | "
+        f"{held['psnr_db']:.2f} dB / {held['bicubic_psnr_db']:.2f} dB |",
+        f"| | held-out SSIM | {held['ssim']:.3f} |",
+        f"| | active latent channels | {held['active_channels']} of {held['latent_shape'][0]} |",
+        f"| | export reloads bit-identical | {ae['export']['outputs_bit_identical']} |",
+        f"| encode | latents, scaling_factor (exact moments) | {encode['num_samples']}, "
+        f"{encode['scaling']['scaling_factor']:.4f} |",
+        f"| latent diffusion (ldm-tiny) | steps, final loss | {ldm['steps']}, {ldm['final_loss']:.4f} |",
+        f"| | UNet parameters | {ldm['unet_parameters'] / 1e6:.2f} M |",
+        f"| | saved pipeline samples identically | {ldm['reload_max_abs_diff'] == 0} |",
+        f"| samples | classifier accuracy on real held-out images | "
+        f"{scores['classifier_real_held_out_accuracy']:.3f} |",
+        *(
+            f"| | guidance {key.removeprefix('guidance_')}: class accuracy / feature Fréchet distance | "
+            f"{scores[key]['accuracy']:.3f} / {scores[key]['frechet_vs_real']:.2f} |"
+            for key in guided
+        ),
+        f"| | feature Fréchet distance, real vs real (floor) | {scores['real_vs_real_frechet']:.2f} |",
+        "",
+        "Wall time per stage (s): "
+        + ", ".join(
+            f"{name} {'(earlier run)' if value is None else f'{value:.0f}'}"
+            for name, value in figures["seconds"].items()
+        ),
+        "",
+        "## Reconstructions (originals above, EMA reconstructions below)",
+        "",
+        "![reconstructions](autoencoder/reconstructions.png)",
+        "",
+        "## Samples by class",
+        "",
+        "![samples](ldm/samples.png)",
+        "",
+        "## Loss curves",
+        "",
+        "![autoencoder](autoencoder/loss_curves.png) ![ldm](ldm/loss_curves.png)",
+        "",
+        "## Commands",
+        "",
+        "```",
+        *commands,
+        "```",
+        "",
+    ]
+    (run_dir / "report.md").write_text("\n".join(lines))
+
+
+def demo(args: argparse.Namespace) -> Path:
+    if args.samples_per_class < 2:
+        raise ConfigError(f"--samples-per-class={args.samples_per_class}: must be >= 2")
+    run_dir = Path(args.run_dir)
+    ae_dir, latents, ldm_dir = run_dir / "autoencoder", run_dir / "latents", run_dir / "ldm"
+    ae_overrides = [f"run_dir={ae_dir}", *args.ae]
+    ldm_overrides = [f"run_dir={ldm_dir}", f"data.latents={latents}", *args.ldm]
+    ae_cfg = load_config(AutoencoderTrainConfig, "kl-tiny", ae_overrides)  # bad overrides fail here, early
+    ldm_cfg = load_config(LDMTrainConfig, "ldm-tiny", ldm_overrides)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    commands: list[str] = []
+    seconds: dict[str, float | None] = {}  # None: finished by an earlier run
+    start = time.perf_counter()
+    seconds["autoencoder"] = run_stage(
+        "1/4 autoencoder",
+        ["train-ae", "kl-tiny", *ae_overrides, "train.resume=latest"],
+        commands,
+        done=(ae_dir / "metrics.json").is_file(),
+    )
+    encode_args = ["encode", "--model", str(ae_dir / "export"), "--out", str(latents)]
+    encode_args += ["--builtin-samples", str(ae_cfg.data.builtin_samples), "--seed", str(ae_cfg.seed)]
+    encode_args += [
+        "--resolution",
+        str(ae_cfg.data.resolution_px),
+        "--num-workers",
+        str(ae_cfg.data.num_workers),
+    ]
+    seconds["encode"] = run_stage(
+        "2/4 encode", encode_args, commands
+    )  # a finished store verifies and returns
+    seconds["latent diffusion"] = run_stage(
+        "3/4 latent diffusion",
+        ["train-ldm", "ldm-tiny", *ldm_overrides, "train.resume=latest"],
+        commands,
+        done=(ldm_dir / "report.json").is_file(),
+    )
+    print("\n=== 4/4 scoring samples with a classifier trained on the real images", flush=True)
+    stage_start = time.perf_counter()
+    scores = score_samples(run_dir, ae_cfg, ldm_cfg, args.samples_per_class)
+    seconds["scoring"] = time.perf_counter() - stage_start
+    seconds["total"] = time.perf_counter() - start
+
+    figures = {
+        "machine": f"{torch.get_num_threads()} CPU threads"
+        if not torch.cuda.is_available()
+        else torch.cuda.get_device_name(),
+        "autoencoder": json.loads((ae_dir / "metrics.json").read_text()),
+        "encode": {
+            key: value
+            for key, value in json.loads((latents / "manifest.json").read_text()).items()
+            if key in ("num_samples", "latent_shape", "scaling", "timing")
+        },
+        "ldm": json.loads((ldm_dir / "report.json").read_text()),
+        "samples": scores,
+        "seconds": seconds,
+    }
+    (run_dir / "demo.json").write_text(json.dumps(figures, indent=2))
+    write_report(run_dir, figures, commands)
+    print(f"\ndemo finished in {seconds['total'] / 60:.1f} min: {run_dir / 'report.md'}")
+    return run_dir
