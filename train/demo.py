@@ -46,6 +46,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--samples-per-class", type=int, default=SAMPLES_PER_CLASS, help="samples scored per class"
     )
+    parser.add_argument(
+        "--classifier-steps",
+        type=int,
+        default=CLASSIFIER_STEPS,
+        help="training steps of the judging classifier",
+    )
 
 
 def run_stage(name: str, arguments: list[str], log: list[str], done: bool = False) -> float | None:
@@ -66,7 +72,11 @@ def run_stage(name: str, arguments: list[str], log: list[str], done: bool = Fals
 
 
 def score_samples(
-    run_dir: Path, ae_cfg: AutoencoderTrainConfig, ldm_cfg: LDMTrainConfig, per_class: int
+    run_dir: Path,
+    ae_cfg: AutoencoderTrainConfig,
+    ldm_cfg: LDMTrainConfig,
+    per_class: int,
+    classifier_steps: int,
 ) -> dict:
     """Class accuracy and classifier-feature Fréchet distance of the LDM's samples, against real images."""
     dataset = build_dataset(
@@ -78,7 +88,7 @@ def score_samples(
         dataset,
         train_indices[:CLASSIFIER_TRAIN_IMAGES],
         num_classes,
-        steps=CLASSIFIER_STEPS,
+        steps=classifier_steps,
         seed=ae_cfg.seed,
     )
     real = torch.stack([dataset[i][0] for i in held_out])  # (n, 3, R, R) in [-1, 1]
@@ -167,6 +177,8 @@ def write_report(run_dir: Path, figures: dict, commands: list[str]) -> None:
 def demo(args: argparse.Namespace) -> Path:
     if args.samples_per_class < 2:
         raise ConfigError(f"--samples-per-class={args.samples_per_class}: must be >= 2")
+    if args.classifier_steps < 1:
+        raise ConfigError(f"--classifier-steps={args.classifier_steps}: must be >= 1")
     run_dir = Path(args.run_dir)
     ae_dir, latents, ldm_dir = run_dir / "autoencoder", run_dir / "latents", run_dir / "ldm"
     ae_overrides = [f"run_dir={ae_dir}", *args.ae]
@@ -203,7 +215,7 @@ def demo(args: argparse.Namespace) -> Path:
     )
     print("\n=== 4/4 scoring samples with a classifier trained on the real images", flush=True)
     stage_start = time.perf_counter()
-    scores = score_samples(run_dir, ae_cfg, ldm_cfg, args.samples_per_class)
+    scores = score_samples(run_dir, ae_cfg, ldm_cfg, args.samples_per_class, args.classifier_steps)
     seconds["scoring"] = time.perf_counter() - stage_start
     seconds["total"] = time.perf_counter() - start
 
