@@ -96,14 +96,15 @@ class LatentDiffusionPipeline(DiffusionPipeline):
             gen_device = generator.device if generator is not None else "cpu"
             return torch.randint(0, num_classes, (batch_size,), generator=generator, device=gen_device)
         if not isinstance(class_labels, torch.Tensor):
-            class_labels = [self._class_id(label) for label in class_labels]
+            class_labels = [self.class_id(label) for label in class_labels]
         labels = torch.as_tensor(class_labels, dtype=torch.long).flatten()
         for label in labels.tolist():
             if not 0 <= label < num_classes:
                 raise ConfigError(f"class label {label} is out of range; use labels in [0, {num_classes})")
         return labels
 
-    def _class_id(self, label: int | str) -> int:
+    def class_id(self, label: int | str) -> int:
+        """A class id from an id or a class name."""
         if not isinstance(label, str):
             return label
         names = self.config.class_names or []

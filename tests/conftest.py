@@ -7,9 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate.state import AcceleratorState, GradientState
+from diffusers import AutoencoderKL, VQModel
 from safetensors.torch import load_file
 
 from ldm_vae.config import AutoencoderTrainConfig, load_config
+from ldm_vae.models import build_autoencoder_kl
 from train.autoencoder import build_models
 from train.checkpoints import list_checkpoints
 
@@ -43,6 +45,31 @@ TINY_VQ_OVERRIDES = [
 def tiny_config(run_dir, *overrides: str, kind: str = "kl") -> AutoencoderTrainConfig:
     preset, tiny = ("vq-tiny", TINY_VQ_OVERRIDES) if kind == "vq" else ("kl-tiny", TINY_OVERRIDES)
     return load_config(AutoencoderTrainConfig, preset, [*tiny, f"run_dir={run_dir}", *overrides])
+
+
+def tiny_vae(kind: str) -> AutoencoderKL | VQModel:
+    """A seeded random 2-level (f2) AutoencoderKL (4 channels) or VQModel (3 channels, 16 codes), 16 px."""
+    common = dict(
+        block_out_channels=(8, 16),
+        norm_num_groups=8,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        sample_size=16,
+    )
+    torch.manual_seed(0)
+    if kind == "kl":
+        return AutoencoderKL(latent_channels=4, **common).eval()
+    return VQModel(latent_channels=3, num_vq_embeddings=16, vq_embed_dim=3, **common).eval()
+
+
+@pytest.fixture(scope="module")
+def kl_model(tmp_path_factory) -> Path:
+    """A random kl-tiny (f4) AutoencoderKL folder at 16 px: latent stores do not need trained weights."""
+    cfg = load_config(AutoencoderTrainConfig, "kl-tiny", ["data.resolution_px=16"])
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("kl") / "model"
+    build_autoencoder_kl(cfg.model, 16).save_pretrained(folder)
+    return folder
 
 
 @pytest.fixture(autouse=True)

@@ -7,8 +7,10 @@ import pytest
 from ldm_vae.config import (
     PRESET_DIR,
     AutoencoderTrainConfig,
+    LDMTrainConfig,
     load_config,
     validate_autoencoder_config,
+    validate_ldm_config,
 )
 from ldm_vae.errors import ConfigError
 from train.cli import main
@@ -16,8 +18,10 @@ from train.cli import main
 
 @pytest.mark.parametrize("preset", sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
 def test_every_preset_loads_and_validates(preset):
-    cfg = load_config(AutoencoderTrainConfig, preset)
-    validate_autoencoder_config(cfg)
+    if preset.startswith("ldm-"):
+        validate_ldm_config(load_config(LDMTrainConfig, preset))
+    else:
+        validate_autoencoder_config(load_config(AutoencoderTrainConfig, preset))
 
 
 def test_real_presets_match_ldm_architectures():

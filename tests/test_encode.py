@@ -16,20 +16,10 @@ from safetensors.torch import load_file
 
 from ldm_vae.config import AutoencoderTrainConfig, load_config
 from ldm_vae.data import ShapesDataset
-from ldm_vae.models import build_autoencoder_kl, build_vqmodel, export_vqmodel
+from ldm_vae.models import build_vqmodel, export_vqmodel
 from train.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def kl_model(tmp_path_factory) -> Path:
-    """A random tiny AutoencoderKL folder (weights do not matter for the store's exactness)."""
-    cfg = load_config(AutoencoderTrainConfig, "kl-tiny", ["data.resolution_px=16"])
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("kl") / "model"
-    build_autoencoder_kl(cfg.model, 16).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DModel, VQModel
+from conftest import tiny_vae
+from diffusers import DDPMScheduler, UNet2DModel
 from torch import nn
 from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
@@ -56,20 +57,6 @@ def _fid(extractor: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> float:
     fid.update(real, real=True)
     fid.update(fake, real=False)
     return fid.compute()
-
-
-def tiny_autoencoder(kind: str) -> AutoencoderKL | VQModel:
-    torch.manual_seed(0)
-    common = dict(
-        block_out_channels=(8, 16),
-        norm_num_groups=8,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        sample_size=16,
-    )
-    if kind == "kl":
-        return AutoencoderKL(latent_channels=4, **common).eval()
-    return VQModel(latent_channels=3, num_vq_embeddings=16, vq_embed_dim=3, **common).eval()
 
 
 def _eval_args(model_dir, *extra: str) -> list[str]:
@@ -201,7 +188,7 @@ def test_sample_fid_balances_classes(num_class_embeds):
 
 
 def test_sample_fid_with_a_tiny_pipeline_is_deterministic():
-    vae = tiny_autoencoder("kl")
+    vae = tiny_vae("kl")
     unet = UNet2DModel(
         sample_size=8,
         in_channels=4,
@@ -232,7 +219,7 @@ def test_sample_fid_with_a_tiny_pipeline_is_deterministic():
 @pytest.mark.parametrize("kind", ["kl", "vq"])
 def test_eval_ae_without_weights_skips_lpips_and_rfid(tmp_path, kind, capsys):
     model_dir = tmp_path / "export"
-    tiny_autoencoder(kind).save_pretrained(model_dir)
+    tiny_vae(kind).save_pretrained(model_dir)
     missing = tmp_path / "missing.pth"
     weights = [f"--inception={missing}", f"--lpips-vgg16={missing}", f"--lpips-heads={missing}"]
     assert main(_eval_args(model_dir, *weights)) == 0
@@ -255,7 +242,7 @@ def test_eval_ae_without_weights_skips_lpips_and_rfid(tmp_path, kind, capsys):
 
 def test_eval_ae_with_random_weights_reports_lpips_and_rfid(tmp_path, monkeypatch):
     model_dir = tmp_path / "model"
-    tiny_autoencoder("kl").save_pretrained(model_dir)
+    tiny_vae("kl").save_pretrained(model_dir)
     lpips = LPIPS(random_init=True)  # written in the file formats LPIPS.from_files reads
     torch.save({f"features.{k}": v for k, v in lpips.features.state_dict().items()}, tmp_path / "vgg16.pth")
     heads = {f"lin{i}.model.1.weight": head.weight for i, head in enumerate(lpips.heads)}
@@ -293,7 +280,7 @@ def test_eval_ae_with_random_weights_reports_lpips_and_rfid(tmp_path, monkeypatc
     ],
 )
 def test_eval_ae_bad_input_exits_2_with_one_line(tmp_path, capsys, extra, message):
-    tiny_autoencoder("kl").save_pretrained(tmp_path / "model")
+    tiny_vae("kl").save_pretrained(tmp_path / "model")
     assert main(_eval_args(tmp_path / "model", *extra)) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1

@@ -8,7 +8,8 @@ import math
 
 import pytest
 import torch
-from diffusers import AutoencoderKL, VQModel
+from conftest import tiny_vae
+from diffusers import AutoencoderKL
 from PIL import Image
 
 from ldm_vae.errors import ConfigError
@@ -22,20 +23,6 @@ from train.cli import main
 @pytest.fixture(autouse=True)
 def seeded():
     torch.manual_seed(0)
-
-
-def tiny_vae(kind: str) -> AutoencoderKL | VQModel:
-    common = dict(
-        block_out_channels=(8, 16),
-        norm_num_groups=8,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        sample_size=16,
-    )
-    torch.manual_seed(0)
-    if kind == "kl":
-        return AutoencoderKL(latent_channels=4, **common).eval()
-    return VQModel(latent_channels=3, num_vq_embeddings=16, vq_embed_dim=3, **common).eval()
 
 
 def test_lerp_and_slerp_hit_both_endpoints_exactly():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_vae
 from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
@@ -17,20 +18,12 @@ from ldm_vae.errors import ConfigError
 from pipelines import LatentDiffusionPipeline
 
 
-def tiny_vae(kind: str) -> AutoencoderKL | VQModel:
-    common = dict(
-        block_out_channels=(8, 16),
-        norm_num_groups=8,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        sample_size=16,
-    )
+def shifted_tiny_vae(kind: str) -> AutoencoderKL | VQModel:
+    """tiny_vae with a KL scaling and shift factor, so unscaling mistakes show."""
+    vae = tiny_vae(kind)
     if kind == "kl":
-        vae = AutoencoderKL(latent_channels=4, **common)
         vae.register_to_config(scaling_factor=0.7, shift_factor=0.1)
-    else:
-        vae = VQModel(latent_channels=3, num_vq_embeddings=16, vq_embed_dim=3, **common)
-    return vae.eval()
+    return vae
 
 
 def tiny_unet(channels: int, num_class_embeds: int | None = 4) -> UNet2DModel:
@@ -49,7 +42,7 @@ def tiny_unet(channels: int, num_class_embeds: int | None = 4) -> UNet2DModel:
 
 def make_pipe(kind: str = "kl", num_class_embeds: int | None = 4) -> LatentDiffusionPipeline:
     torch.manual_seed(0)
-    vae = tiny_vae(kind)
+    vae = shifted_tiny_vae(kind)
     channels = 4 if kind == "kl" else 3
     pipe = LatentDiffusionPipeline(
         vae=vae,

@@ -48,16 +48,6 @@ LDM_TINY_OVERRIDES = [
 
 
 @pytest.fixture(scope="module")
-def kl_model(tmp_path_factory) -> Path:
-    """A random tiny AutoencoderKL folder: the store's exactness does not depend on trained weights."""
-    cfg = load_config(AutoencoderTrainConfig, "kl-tiny", ["data.resolution_px=16"])
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("kl") / "model"
-    build_autoencoder_kl(cfg.model, 16).save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def store(kl_model, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("store") / "latents"
     args = ["encode", "--model", str(kl_model), "--builtin-samples", "48", "--shard-size", "16"]

@@ -25,7 +25,7 @@ from ldm_vae.config import (
 )
 from ldm_vae.data import RandomFlipView, build_dataset, train_held_out_split
 from ldm_vae.data.sampler import StreamSampler
-from ldm_vae.errors import ConfigError, TrainingDiverged
+from ldm_vae.errors import ConfigError
 from ldm_vae.losses import (
     LPIPS,
     PatchDiscriminator,
@@ -46,17 +46,25 @@ from ldm_vae.models import (
     latent_shape,
 )
 from ldm_vae.viz import reconstruction_grid
-from train.checkpoints import CheckpointManager, Progress, list_checkpoints, resolve_resume
+from train.checkpoints import (
+    CheckpointManager,
+    Progress,
+    check_divergence,
+    check_resume_batch,
+    resolve_resume,
+    resume_point,
+)
 from train.report import export_and_report, finish_run
 from train.runtime import (
     StopRequest,
+    agree_on_step,
     build_accelerator,
     ignore_interrupts_in_worker,
     lr_at,
     position_noise,
     set_lr,
 )
-from train.tracking import RunTracker
+from train.tracking import RunningMeans, RunTracker
 
 # ---------------------------------------------------------------------------------------------------
 # Setup
@@ -231,12 +239,7 @@ def setup(cfg: AutoencoderTrainConfig, for_training: bool = True) -> Session:
     """
     validate_autoencoder_config(cfg)
     run_dir = Path(cfg.run_dir)
-    resume_from = resolve_resume(run_dir, cfg.train.resume)
-    if for_training and resume_from is None and list_checkpoints(run_dir):
-        raise ConfigError(
-            f"run_dir={cfg.run_dir!r} already holds checkpoints; continue it with train.resume=latest "
-            "or choose another run_dir (nothing was changed)"
-        )
+    resume_from = resume_point(run_dir, cfg.train.resume)
     accelerator = build_accelerator(
         run_dir, cfg.train.mixed_precision, cfg.train.grad_accum_steps, cfg.train.use_compile
     )
@@ -270,11 +273,7 @@ def setup(cfg: AutoencoderTrainConfig, for_training: bool = True) -> Session:
     if resume_from is not None:
         checkpoints.load(resume_from)
     global_micro_batch = cfg.train.batch_size * accelerator.num_processes
-    if progress.samples_seen % global_micro_batch:
-        raise ConfigError(
-            f"train.resume={str(resume_from)!r}: saved at {progress.samples_seen} samples, not a multiple of "
-            f"train.batch_size x processes = {global_micro_batch}; resume with the batch size it was run with"
-        )
+    check_resume_batch(progress, global_micro_batch, resume_from)
     return Session(
         accelerator,
         dataset,
@@ -344,7 +343,7 @@ def train(cfg: AutoencoderTrainConfig) -> Path:
     uses_noise = cfg.model.kind == "kl"
     disc_train_start = max(0, cfg.loss.disc_start_steps - cfg.loss.disc_warmup_steps)
     stop = StopRequest()
-    running: dict[str, tuple[torch.Tensor, int]] = {}  # sums over micro-batches since the last log
+    running = RunningMeans()  # over micro-batches since the last log
     grad_norms: dict[str, torch.Tensor] = {}
     last_active: int | None = None  # active latent channels at the last log, for collapse_warning
     last_log_time, last_log_step = time.perf_counter(), progress.step
@@ -375,14 +374,11 @@ def train(cfg: AutoencoderTrainConfig) -> Path:
                         accelerator.backward(d_loss)
                         nonfinite += ~torch.isfinite(d_loss.detach())
                         logs.update(d_logs)
-                for key, value in logs.items():  # (sum, count): some terms only exist on some steps
-                    total, count = running.get(key, (0.0, 0))
-                    running[key] = (total + value.float(), count + 1)
+                for key, value in logs.items():
+                    running.add(key, value)
             assert accelerator.sync_gradients, "the last micro-batch of a step must synchronise gradients"
 
-            # One collective decides for every process: skip a non-finite step, stop on a signal.
-            flags = torch.stack([nonfinite, torch.tensor(float(stop.requested), device=device)])
-            bad_step, stop_now = (accelerator.reduce(flags, "sum") > 0).tolist()
+            bad_step, stop_now = agree_on_step(accelerator, nonfinite, stop.requested)
             clip = cfg.optim.grad_clip or float("inf")
             if not bad_step:
                 grad_norms["train/grad_norm_ae"] = accelerator.clip_grad_norm_(ae.parameters(), clip)
@@ -393,26 +389,22 @@ def train(cfg: AutoencoderTrainConfig) -> Path:
                 ema.step(autoencoder.parameters())
             for optimizer in optimizers:
                 optimizer.zero_grad(set_to_none=True)
-            progress.step += 1
-            progress.samples_seen += global_micro_batch * cfg.train.grad_accum_steps
-            progress.consecutive_nonfinite = progress.consecutive_nonfinite + 1 if bad_step else 0
-            progress.nonfinite_steps += int(bad_step)
+            progress.record_step(global_micro_batch * cfg.train.grad_accum_steps, skipped=bad_step)
             if bad_step:
                 tracker.info(
                     f"step {step}: non-finite loss, step skipped ({progress.nonfinite_steps} so far)"
                 )
-                if progress.consecutive_nonfinite >= cfg.train.max_nonfinite_steps:
-                    found = resolve_resume(run_dir, "latest")
-                    raise TrainingDiverged(
-                        f"stopped at step {progress.step} after {progress.consecutive_nonfinite} non-finite "
-                        f"losses in a row (train.max_nonfinite_steps); last good checkpoint: {found}; "
-                        "lower optim.lr, use bf16 instead of fp16, or raise loss.disc_start_steps"
-                    )
+                check_divergence(
+                    progress,
+                    cfg.train.max_nonfinite_steps,
+                    run_dir,
+                    "lower optim.lr, use bf16 instead of fp16, or raise loss.disc_start_steps",
+                )
             tracker.advance()
 
             if progress.step % cfg.train.log_every_steps == 0 or progress.step == cfg.train.max_steps:
                 now = time.perf_counter()
-                scalars = {key: (total / count).item() for key, (total, count) in running.items()}
+                scalars = running.pop_means()
                 scalars.update({key: value.item() for key, value in grad_norms.items()})  # last step
                 scalars["train/lr"] = opt_g.param_groups[0]["lr"]
                 scalars["train/images_per_sec"] = (
@@ -434,14 +426,17 @@ def train(cfg: AutoencoderTrainConfig) -> Path:
                     scalars["codebook/restarted_codes"] = autoencoder.quantize.last_restarts  # last step
                 tracker.scalars(progress.step, scalars)
                 tracker.postfix(scalars["train/loss"])
-                running, last_log_time, last_log_step = {}, now, progress.step
-            healthy = progress.consecutive_nonfinite == 0  # no images or checkpoints inside a bad streak
-            if healthy and accelerator.is_main_process and progress.step % cfg.train.image_every_steps == 0:
+                last_log_time, last_log_step = now, progress.step
+            if (
+                progress.healthy
+                and accelerator.is_main_process
+                and progress.step % cfg.train.image_every_steps == 0
+            ):
                 reconstruction = ema_reconstruction(autoencoder, ema, fixed_images)
                 grid = reconstruction_grid(fixed_images, reconstruction)
                 tracker.image("val/reconstructions_ema", grid, progress.step)
-            if (healthy and progress.step % cfg.train.checkpoint_every_steps == 0) or stop_now:
-                saved = checkpoints.save(progress)
+            saved = checkpoints.save_if_due(progress, cfg.train.checkpoint_every_steps, stop_now)
+            if saved:
                 tracker.info(f"step {progress.step}: checkpoint {saved}")
             if stop_now:
                 tracker.info(f"interrupted at step {progress.step}; continue with train.resume=latest")

@@ -18,7 +18,7 @@ from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ldm_vae.errors import ConfigError
+from ldm_vae.errors import ConfigError, TrainingDiverged
 
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d{7,})$")
 
@@ -34,6 +34,18 @@ class Progress:
 
     def state_dict(self) -> dict[str, int]:
         return asdict(self)
+
+    def record_step(self, samples: int, skipped: bool) -> None:
+        """One optimizer step done (or skipped for a non-finite loss) after `samples` stream samples."""
+        self.step += 1
+        self.samples_seen += samples
+        self.consecutive_nonfinite = self.consecutive_nonfinite + 1 if skipped else 0
+        self.nonfinite_steps += int(skipped)
+
+    @property
+    def healthy(self) -> bool:
+        """Not inside a streak of skipped steps: safe to log images or write a checkpoint."""
+        return self.consecutive_nonfinite == 0
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         for key, value in state.items():
@@ -64,6 +76,26 @@ def resolve_resume(run_dir: Path, resume: str | None) -> Path | None:
     if not (path / "progress.json").is_file() and not any(path.glob("custom_checkpoint_*.pkl")):
         raise ConfigError(f"train.resume={resume!r}: not a checkpoint folder (expected checkpoints/step-*)")
     return path
+
+
+def resume_point(run_dir: Path, resume: str | None) -> Path | None:
+    """The checkpoint a training run starts from; refuses to start over a run that has checkpoints."""
+    resume_from = resolve_resume(run_dir, resume)
+    if resume_from is None and list_checkpoints(run_dir):
+        raise ConfigError(
+            f"run_dir={str(run_dir)!r} already holds checkpoints; continue it with train.resume=latest "
+            "or choose another run_dir (nothing was changed)"
+        )
+    return resume_from
+
+
+def check_resume_batch(progress: Progress, global_micro_batch: int, resume_from: Path | None) -> None:
+    """The data stream resumes at `samples_seen`, which must fall on a batch boundary of this run."""
+    if progress.samples_seen % global_micro_batch:
+        raise ConfigError(
+            f"train.resume={str(resume_from)!r}: saved at {progress.samples_seen} samples, not a multiple of "
+            f"train.batch_size x processes = {global_micro_batch}; resume with the batch size it was run with"
+        )
 
 
 class CheckpointManager:
@@ -113,3 +145,19 @@ class CheckpointManager:
 
     def load(self, path: Path) -> None:
         self.accelerator.load_state(str(path))
+
+    def save_if_due(self, progress: Progress, every_steps: int, stop_now: bool) -> Path | None:
+        """Checkpoint every `every_steps` healthy steps, and always when the run was asked to stop."""
+        if (progress.healthy and progress.step % every_steps == 0) or stop_now:
+            return self.save(progress)
+        return None
+
+
+def check_divergence(progress: Progress, max_nonfinite_steps: int, run_dir: Path, advice: str) -> None:
+    """Raise `TrainingDiverged`, naming the last good checkpoint, after too many non-finite steps in a row."""
+    if progress.consecutive_nonfinite >= max_nonfinite_steps:
+        last_good = resolve_resume(run_dir, "latest")
+        raise TrainingDiverged(
+            f"stopped at step {progress.step} after {progress.consecutive_nonfinite} non-finite losses in a "
+            f"row (train.max_nonfinite_steps); last good checkpoint: {last_good}; {advice}"
+        )

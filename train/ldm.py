@@ -28,7 +28,7 @@ from torchvision.utils import make_grid
 
 from ldm_vae.config import LDMTrainConfig, save_config, validate_ldm_config
 from ldm_vae.data.sampler import DIFFUSION_STREAM, StreamSampler, position_generator
-from ldm_vae.errors import ConfigError, TrainingDiverged
+from ldm_vae.errors import ConfigError
 from ldm_vae.latents import LatentDataset, PositionSeededLatents
 from ldm_vae.latents.writer import autoencoder_identity
 from ldm_vae.losses import diffusion_loss
@@ -36,10 +36,23 @@ from ldm_vae.models import build_noise_scheduler, build_unet, load_autoencoder
 from ldm_vae.models.normalization import set_latent_normalization
 from ldm_vae.viz import save_class_grid, save_loss_curves
 from pipelines import LatentDiffusionPipeline
-from train.checkpoints import CheckpointManager, Progress, list_checkpoints, resolve_resume
-from train.runtime import StopRequest, build_accelerator, ignore_interrupts_in_worker, lr_at, set_lr
+from train.checkpoints import (
+    CheckpointManager,
+    Progress,
+    check_divergence,
+    check_resume_batch,
+    resume_point,
+)
+from train.runtime import (
+    StopRequest,
+    agree_on_step,
+    build_accelerator,
+    ignore_interrupts_in_worker,
+    lr_at,
+    set_lr,
+)
 from train.sample import sample_by_class, with_scheduler
-from train.tracking import RunTracker, read_stats
+from train.tracking import RunningMeans, RunTracker, read_stats
 
 TIMESTEP_BINS = 4  # the loss is also logged per quarter of [0, T): where the model is still learning
 LOSS_CURVE_KEYS = ["train/loss", *(f"train/loss_t{i}" for i in range(TIMESTEP_BINS)), "train/grad_norm"]
@@ -194,12 +207,7 @@ def setup(cfg: LDMTrainConfig) -> Session:
     """Validate (config, then config against the store), build, prepare; restore `train.resume` if set."""
     validate_ldm_config(cfg)
     run_dir = Path(cfg.run_dir)
-    resume_from = resolve_resume(run_dir, cfg.train.resume)
-    if resume_from is None and list_checkpoints(run_dir):
-        raise ConfigError(
-            f"run_dir={cfg.run_dir!r} already holds checkpoints; continue it with train.resume=latest "
-            "or choose another run_dir (nothing was changed)"
-        )
+    resume_from = resume_point(run_dir, cfg.train.resume)
     store = open_store(cfg)
     accelerator = build_accelerator(
         run_dir, cfg.train.mixed_precision, cfg.train.grad_accum_steps, cfg.train.use_compile
@@ -225,11 +233,7 @@ def setup(cfg: LDMTrainConfig) -> Session:
     if resume_from is not None:
         checkpoints.load(resume_from)
     global_micro_batch = cfg.train.batch_size * accelerator.num_processes
-    if progress.samples_seen % global_micro_batch:
-        raise ConfigError(
-            f"train.resume={str(resume_from)!r}: saved at {progress.samples_seen} samples, not a multiple of "
-            f"train.batch_size x processes = {global_micro_batch}; resume with the batch size it was run with"
-        )
+    check_resume_batch(progress, global_micro_batch, resume_from)
     noise_scheduler = build_noise_scheduler(cfg.diffusion)
     return Session(accelerator, store, unet, optimizer, ema, noise_scheduler, progress, checkpoints)
 
@@ -268,7 +272,7 @@ def train(cfg: LDMTrainConfig) -> Path:
     )  # add_noise indexes it per step
 
     stop = StopRequest()
-    running: dict[str, tuple[torch.Tensor, int]] = {}  # sums over micro-batches since the last log
+    running = RunningMeans()  # over micro-batches since the last log
     last_log_time, last_log_step = time.perf_counter(), progress.step
     grad_norm = torch.zeros(())
     try:
@@ -306,20 +310,14 @@ def train(cfg: LDMTrainConfig) -> Path:
                     )
                     accelerator.backward(loss)
                 nonfinite += ~torch.isfinite(loss.detach())
-                logs = {"train/loss": loss.detach()}
+                running.add("train/loss", loss.detach())
                 bins = (timesteps * TIMESTEP_BINS) // cfg.diffusion.num_train_timesteps  # (b,) in [0, bins)
                 for b in range(TIMESTEP_BINS):
                     in_bin = bins == b
-                    logs[f"train/loss_t{b}"] = (per_sample[in_bin].sum(), in_bin.sum())
-                for key, value in logs.items():  # (sum, count) pairs; a plain value counts once
-                    total, count = running.get(key, (0.0, 0))
-                    value, n = value if isinstance(value, tuple) else (value, 1)
-                    running[key] = (total + value.float(), count + n)
+                    running.add(f"train/loss_t{b}", per_sample[in_bin].sum(), in_bin.sum())
             assert accelerator.sync_gradients, "the last micro-batch of a step must synchronise gradients"
 
-            # One collective decides for every process: skip a non-finite step, stop on a signal.
-            flags = torch.stack([nonfinite, torch.tensor(float(stop.requested), device=device)])
-            bad_step, stop_now = (accelerator.reduce(flags, "sum") > 0).tolist()
+            bad_step, stop_now = agree_on_step(accelerator, nonfinite, stop.requested)
             if not bad_step:
                 grad_norm = accelerator.clip_grad_norm_(
                     unet.parameters(), cfg.optim.grad_clip or float("inf")
@@ -327,25 +325,22 @@ def train(cfg: LDMTrainConfig) -> Path:
                 optimizer.step()
                 ema.step(raw_unet.parameters())
             optimizer.zero_grad(set_to_none=True)
-            progress.step += 1
-            progress.samples_seen += global_micro_batch * cfg.train.grad_accum_steps
-            progress.consecutive_nonfinite = progress.consecutive_nonfinite + 1 if bad_step else 0
-            progress.nonfinite_steps += int(bad_step)
+            progress.record_step(global_micro_batch * cfg.train.grad_accum_steps, skipped=bad_step)
             if bad_step:
                 tracker.info(
                     f"step {step}: non-finite loss, step skipped ({progress.nonfinite_steps} so far)"
                 )
-                if progress.consecutive_nonfinite >= cfg.train.max_nonfinite_steps:
-                    raise TrainingDiverged(
-                        f"stopped at step {progress.step} after {progress.consecutive_nonfinite} non-finite "
-                        f"losses in a row (train.max_nonfinite_steps); last good checkpoint: "
-                        f"{resolve_resume(run_dir, 'latest')}; lower optim.lr or use bf16 instead of fp16"
-                    )
+                check_divergence(
+                    progress,
+                    cfg.train.max_nonfinite_steps,
+                    run_dir,
+                    "lower optim.lr or use bf16 instead of fp16",
+                )
             tracker.advance()
 
             if progress.step % cfg.train.log_every_steps == 0 or progress.step == cfg.train.max_steps:
                 now = time.perf_counter()
-                scalars = {key: (total / max(count, 1)).item() for key, (total, count) in running.items()}
+                scalars = running.pop_means()
                 scalars["train/grad_norm"] = float(grad_norm)  # of the last step
                 scalars["train/lr"] = optimizer.param_groups[0]["lr"]
                 scalars["train/latents_per_sec"] = (
@@ -354,14 +349,17 @@ def train(cfg: LDMTrainConfig) -> Path:
                 scalars["train/nonfinite_steps"] = progress.nonfinite_steps
                 tracker.scalars(progress.step, scalars)
                 tracker.postfix(scalars["train/loss"])
-                running, last_log_time, last_log_step = {}, now, progress.step
-            healthy = progress.consecutive_nonfinite == 0  # no images or checkpoints inside a bad streak
-            if healthy and accelerator.is_main_process and progress.step % cfg.train.image_every_steps == 0:
+                last_log_time, last_log_step = now, progress.step
+            if (
+                progress.healthy
+                and accelerator.is_main_process
+                and progress.step % cfg.train.image_every_steps == 0
+            ):
                 samples = ema_samples(pipe, ema, cfg)  # (rows, per_class, 3, H, W)
                 grid = make_grid(samples.flatten(0, 1), nrow=cfg.sample.per_class)
                 tracker.image("val/samples_ema", grid, progress.step)
-            if (healthy and progress.step % cfg.train.checkpoint_every_steps == 0) or stop_now:
-                saved = checkpoints.save(progress)
+            saved = checkpoints.save_if_due(progress, cfg.train.checkpoint_every_steps, stop_now)
+            if saved:
                 tracker.info(f"step {progress.step}: checkpoint {saved}")
             if stop_now:
                 tracker.info(f"interrupted at step {progress.step}; continue with train.resume=latest")

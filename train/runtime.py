@@ -61,6 +61,16 @@ def position_noise(positions: range, shape: tuple[int, ...], seed: int) -> torch
     return torch.stack([torch.randn(shape, generator=position_generator(seed, p)) for p in positions])
 
 
+def agree_on_step(
+    accelerator: Accelerator, nonfinite: torch.Tensor, stop_requested: bool
+) -> tuple[bool, bool]:
+    """(skip this step, stop now), decided by one collective for every process: any process with a
+    non-finite loss makes all skip, any process with a stop signal makes all stop."""
+    flags = torch.stack([nonfinite.float(), torch.tensor(float(stop_requested), device=nonfinite.device)])
+    skip, stop = (accelerator.reduce(flags, "sum") > 0).tolist()
+    return skip, stop
+
+
 class StopRequest:
     """SIGINT/SIGTERM set a flag that the loop reads at step boundaries, so it can checkpoint and exit."""
 

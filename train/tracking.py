@@ -62,3 +62,21 @@ def read_stats(run_dir: Path) -> list[dict]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class RunningMeans:
+    """Sums and counts of logged values between two log steps; some terms exist only on some steps."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, tuple[torch.Tensor, torch.Tensor | int]] = {}
+
+    def add(self, key: str, total: torch.Tensor, count: torch.Tensor | int = 1) -> None:
+        """Add `total` over `count` items (one value by default) to the mean of `key`."""
+        previous, n = self.sums.get(key, (0.0, 0))
+        self.sums[key] = (previous + total.float(), n + count)
+
+    def pop_means(self) -> dict[str, float]:
+        """The means since the last call (keys with no items are left out), and start over."""
+        means = {key: (total / count).item() for key, (total, count) in self.sums.items() if count > 0}
+        self.sums = {}
+        return means
