@@ -15,9 +15,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-demo: $(STAMP)  # starts over each time: a run folder is never trained into twice by accident
+demo: $(STAMP)  # the whole chain from nothing; `ldm-vae demo` alone resumes an interrupted one instead
 	rm -rf runs/demo
-	$(BIN)/ldm-vae train-ae kl-tiny run_dir=runs/demo
+	$(BIN)/ldm-vae demo --run-dir runs/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
