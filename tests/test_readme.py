@@ -1,4 +1,4 @@
-"""The README's `ldm-vae train-ae` examples resolve to valid configs (run with --dry-run)."""
+"""The README's `ldm-vae train-ae` and `train-ldm` examples resolve to valid configs (run with --dry-run)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 EXAMPLES = [
     line.split("#")[0].strip()
     for line in README.read_text().splitlines()
-    if line.startswith("ldm-vae train-ae ") and "..." not in line
+    if line.startswith(("ldm-vae train-ae ", "ldm-vae train-ldm ")) and "..." not in line
 ]
 
 
 def test_the_readme_has_examples():
-    assert len(EXAMPLES) >= 2
+    assert len(EXAMPLES) >= 4 and any(example.startswith("ldm-vae train-ldm") for example in EXAMPLES)
 
 
 @pytest.mark.parametrize("command", EXAMPLES)
