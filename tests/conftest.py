@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate.state import AcceleratorState, GradientState
-from diffusers import AutoencoderKL, VQModel
+from diffusers import AutoencoderKL, UNet2DModel, VQModel
 from safetensors.torch import load_file
+from torch import nn
 
 from ldm_vae.config import AutoencoderTrainConfig, load_config
 from ldm_vae.models import build_autoencoder_kl
@@ -60,6 +61,35 @@ def tiny_vae(kind: str) -> AutoencoderKL | VQModel:
     if kind == "kl":
         return AutoencoderKL(latent_channels=4, **common).eval()
     return VQModel(latent_channels=3, num_vq_embeddings=16, vq_embed_dim=3, **common).eval()
+
+
+def tiny_unet(channels: int, num_class_embeds: int | None = 4) -> UNet2DModel:
+    return UNet2DModel(
+        sample_size=8,
+        in_channels=channels,
+        out_channels=channels,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=8,
+        num_class_embeds=num_class_embeds,
+    ).eval()
+
+
+class RandomFeatures(nn.Module):
+    """A randomly initialised stand-in for Inception: uint8 (b, 3, H, W) -> (b, 8)."""
+
+    num_features = 8
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, self.num_features, kernel_size=3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv(x.float() / 127.5 - 1.0))  # (b, 8, H, W)
+        return h.mean(dim=(2, 3))
 
 
 @pytest.fixture(scope="module")

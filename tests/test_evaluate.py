@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_vae
+from conftest import RandomFeatures, tiny_vae
 from diffusers import DDPMScheduler, UNet2DModel
 from torch import nn
 from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
@@ -20,21 +20,6 @@ from ldm_vae.metrics import sharpness
 from ldm_vae.metrics.fid import FrechetDistance, load_inception, sample_fid, to_uint8
 from pipelines import LatentDiffusionPipeline
 from train.cli import main
-
-
-class RandomFeatures(nn.Module):
-    """A randomly initialised stand-in for Inception: uint8 (b, 3, H, W) -> (b, 8)."""
-
-    num_features = 8
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = nn.Conv2d(3, self.num_features, kernel_size=3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = torch.relu(self.conv(x.float() / 127.5 - 1.0))  # (b, 8, H, W)
-        return h.mean(dim=(2, 3))
 
 
 class ChannelMeans(nn.Module):

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_vae
+from conftest import tiny_unet, tiny_vae
 from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
     DDPMScheduler,
     DPMSolverMultistepScheduler,
-    UNet2DModel,
     VQModel,
 )
 
@@ -24,20 +23,6 @@ def shifted_tiny_vae(kind: str) -> AutoencoderKL | VQModel:
     if kind == "kl":
         vae.register_to_config(scaling_factor=0.7, shift_factor=0.1)
     return vae
-
-
-def tiny_unet(channels: int, num_class_embeds: int | None = 4) -> UNet2DModel:
-    return UNet2DModel(
-        sample_size=8,
-        in_channels=channels,
-        out_channels=channels,
-        block_out_channels=(16, 32),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-        norm_num_groups=8,
-        num_class_embeds=num_class_embeds,
-    ).eval()
 
 
 def make_pipe(kind: str = "kl", num_class_embeds: int | None = 4) -> LatentDiffusionPipeline:

@@ -7,12 +7,15 @@ scheduler can be swapped for DDPM, DDIM or DPM-Solver++ with the same training s
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, SchedulerMixin
 
+from ldm_vae.data import build_dataset
 from ldm_vae.errors import ConfigError
+from ldm_vae.metrics.fid import default_inception_path, load_inception, sample_fid
 from ldm_vae.viz import save_class_grid
 from pipelines import LatentDiffusionPipeline
 
@@ -77,6 +80,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--fid-data", default=None, help="also report FID of samples against this data source"
+    )
+    parser.add_argument("--fid-samples", type=int, default=1000, help="samples (and real images) for FID")
+    parser.add_argument("--builtin-samples", type=int, default=8192, help="size of a builtin --fid-data")
+    parser.add_argument(
+        "--inception", default=None, help="FID Inception weights (pt_inception-2015-12-05-6726825d.pth)"
+    )
 
 
 def load_pipeline(folder: str, key: str = "--pipeline") -> LatentDiffusionPipeline:
@@ -111,4 +122,30 @@ def sample(args: argparse.Namespace) -> Path:
     row_names = [names[i] if names else str(i) for i in rows] if pipe.unet.config.num_class_embeds else None
     save_class_grid(images, args.out, row_names)
     print(f"{len(images) * args.per_class} samples in {len(images)} rows -> {args.out}")
+    if args.fid_data:
+        report_fid(pipe, args)
     return Path(args.out)
+
+
+def report_fid(pipe: LatentDiffusionPipeline, args: argparse.Namespace) -> dict[str, float | int]:
+    """FID of `--fid-samples` samples against as many `--fid-data` images, into `<out>.fid.json`."""
+    if args.fid_samples < 2:
+        raise ConfigError(f"--fid-samples={args.fid_samples}: must be >= 2")
+    extractor = load_inception(args.inception or default_inception_path(), "--inception", "sample FID")
+    resolution = pipe.vae.config.sample_size if pipe.vae is not None else pipe.unet.config.sample_size
+    dataset = build_dataset(args.fid_data, int(resolution), args.builtin_samples, args.seed)
+    result = sample_fid(
+        pipe,
+        dataset,
+        args.fid_samples,
+        args.batch_size,
+        extractor,
+        torch.Generator(pipe.device).manual_seed(args.seed),
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        seed=args.seed,
+    )
+    out = Path(args.out).with_suffix(".fid.json")
+    out.write_text(json.dumps({"data": args.fid_data, **result}, indent=2))
+    print(f"FID {result['fid']:.2f} over {result['generated_samples']} samples vs {args.fid_data} -> {out}")
+    return result
