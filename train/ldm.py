@@ -196,6 +196,7 @@ class Session:
     accelerator: Accelerator
     store: LatentDataset
     unet: torch.nn.Module  # prepared UNet2DModel
+    vae: ModelMixin  # the store's autoencoder, its config holding the store's normalization
     optimizer: torch.optim.Optimizer
     ema: EMAModel
     noise_scheduler: DDPMScheduler
@@ -209,6 +210,7 @@ def setup(cfg: LDMTrainConfig) -> Session:
     run_dir = Path(cfg.run_dir)
     resume_from = resume_point(run_dir, cfg.train.resume)
     store = open_store(cfg)
+    vae = load_decoder(cfg, store)  # on every process, so a wrong autoencoder fails everywhere at once
     accelerator = build_accelerator(
         run_dir, cfg.train.mixed_precision, cfg.train.grad_accum_steps, cfg.train.use_compile
     )
@@ -235,7 +237,7 @@ def setup(cfg: LDMTrainConfig) -> Session:
     global_micro_batch = cfg.train.batch_size * accelerator.num_processes
     check_resume_batch(progress, global_micro_batch, resume_from)
     noise_scheduler = build_noise_scheduler(cfg.diffusion)
-    return Session(accelerator, store, unet, optimizer, ema, noise_scheduler, progress, checkpoints)
+    return Session(accelerator, store, unet, vae, optimizer, ema, noise_scheduler, progress, checkpoints)
 
 
 def train(cfg: LDMTrainConfig) -> Path:
@@ -264,9 +266,7 @@ def train(cfg: LDMTrainConfig) -> Path:
     )
     raw_unet = accelerator.unwrap_model(unet)
     if accelerator.is_main_process:  # only the main process samples grids, with the decoder on its device
-        pipe = sampling_pipeline(
-            cfg, raw_unet, load_decoder(cfg, store).to(device), noise_scheduler, store.classes
-        )
+        pipe = sampling_pipeline(cfg, raw_unet, session.vae.to(device), noise_scheduler, store.classes)
     noise_scheduler.alphas_cumprod = noise_scheduler.alphas_cumprod.to(
         device
     )  # add_noise indexes it per step
