@@ -23,11 +23,13 @@ import time
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from ldm_vae.config import AutoencoderTrainConfig, LDMTrainConfig, load_config
 from ldm_vae.data import build_dataset, train_held_out_split
 from ldm_vae.errors import ConfigError
-from ldm_vae.metrics.classifier import accuracy, frechet_distance, train_classifier
+from ldm_vae.metrics.classifier import SampleClassifier, accuracy, frechet_distance, train_classifier
+from pipelines import LatentDiffusionPipeline
 from train.sample import load_pipeline, sample_by_class
 
 CLASSIFIER_TRAIN_IMAGES = 4096  # real training images the judging classifier sees
@@ -71,6 +73,59 @@ def run_stage(name: str, arguments: list[str], log: list[str], done: bool = Fals
     return time.perf_counter() - start
 
 
+def train_judge(
+    ae_cfg: AutoencoderTrainConfig, classifier_steps: int
+) -> tuple[SampleClassifier, Tensor, dict[str, float]]:
+    """The judging classifier, trained on real training images; the features (n, d) of the held-out real
+    images that samples are compared with; and its own figures: held-out accuracy and the real-vs-real
+    feature Fréchet distance (the floor any sample set can reach)."""
+    dataset = build_dataset(
+        ae_cfg.data.source, ae_cfg.data.resolution_px, ae_cfg.data.builtin_samples, ae_cfg.seed
+    )
+    train_indices, held_out = train_held_out_split(dataset, ae_cfg.data.held_out_samples, ae_cfg.seed)
+    classifier = train_classifier(
+        dataset,
+        train_indices[:CLASSIFIER_TRAIN_IMAGES],
+        len(dataset.classes),
+        steps=classifier_steps,
+        seed=ae_cfg.seed,
+    )
+    real = torch.stack([dataset[i][0] for i in held_out])  # (n, 3, R, R) in [-1, 1]
+    real_labels = torch.tensor([dataset[i][1] for i in held_out])
+    reference = torch.stack([dataset[i][0] for i in train_indices[-len(held_out) :]])
+    figures = {
+        "classifier_real_held_out_accuracy": accuracy(classifier, real, real_labels),
+        "real_vs_real_frechet": frechet_distance(classifier.features(real), classifier.features(reference)),
+    }
+    with torch.no_grad():
+        return classifier, classifier.features(real), figures  # (n, d) real features, as samples get them
+
+
+@torch.no_grad()
+def score_pipeline(
+    pipe: LatentDiffusionPipeline,
+    classifier: SampleClassifier,
+    real_features: Tensor,
+    ldm_cfg: LDMTrainConfig,
+    per_class: int,
+    seed: int,
+) -> dict[str, dict[str, float]]:
+    """Class accuracy and feature Fréchet distance to the real images of `per_class` samples per class, at
+    guidance 1 (none) and at the config's guidance scale."""
+    scores = {}
+    for guidance in sorted({1.0, ldm_cfg.sample.guidance_scale}):
+        grid = sample_by_class(
+            pipe, per_class, ldm_cfg.sample.num_inference_steps, guidance, seed=seed
+        )  # (classes, per_class, 3, R, R) in [0, 1]
+        samples = grid.flatten(0, 1) * 2 - 1
+        labels = torch.arange(classifier.num_classes).repeat_interleave(per_class)
+        scores[f"guidance_{guidance:g}"] = {
+            "accuracy": accuracy(classifier, samples, labels),
+            "frechet_vs_real": frechet_distance(real_features, classifier.features(samples)),
+        }
+    return scores
+
+
 def score_samples(
     run_dir: Path,
     ae_cfg: AutoencoderTrainConfig,
@@ -79,40 +134,14 @@ def score_samples(
     classifier_steps: int,
 ) -> dict:
     """Class accuracy and classifier-feature Fréchet distance of the LDM's samples, against real images."""
-    dataset = build_dataset(
-        ae_cfg.data.source, ae_cfg.data.resolution_px, ae_cfg.data.builtin_samples, ae_cfg.seed
-    )
-    train_indices, held_out = train_held_out_split(dataset, ae_cfg.data.held_out_samples, ae_cfg.seed)
-    num_classes = len(dataset.classes)
-    classifier = train_classifier(
-        dataset,
-        train_indices[:CLASSIFIER_TRAIN_IMAGES],
-        num_classes,
-        steps=classifier_steps,
-        seed=ae_cfg.seed,
-    )
-    real = torch.stack([dataset[i][0] for i in held_out])  # (n, 3, R, R) in [-1, 1]
-    real_labels = torch.tensor([dataset[i][1] for i in held_out])
-    reference = torch.stack([dataset[i][0] for i in train_indices[-len(held_out) :]])
-
+    classifier, real_features, figures = train_judge(ae_cfg, classifier_steps)
     pipe = load_pipeline(str(run_dir / "ldm" / "pipeline"))
-    scores: dict[str, object] = {
-        "classifier_real_held_out_accuracy": accuracy(classifier, real, real_labels),
+    return {
+        "classifier_real_held_out_accuracy": figures["classifier_real_held_out_accuracy"],
         "samples_per_class": per_class,
-        "real_vs_real_frechet": frechet_distance(classifier.features(real), classifier.features(reference)),
+        "real_vs_real_frechet": figures["real_vs_real_frechet"],
+        **score_pipeline(pipe, classifier, real_features, ldm_cfg, per_class, seed=ae_cfg.seed + 1),
     }
-    with torch.no_grad():
-        for guidance in sorted({1.0, ldm_cfg.sample.guidance_scale}):
-            grid = sample_by_class(
-                pipe, per_class, ldm_cfg.sample.num_inference_steps, guidance, seed=ae_cfg.seed + 1
-            )  # (classes, per_class, 3, R, R) in [0, 1]
-            samples = grid.flatten(0, 1) * 2 - 1
-            labels = torch.arange(num_classes).repeat_interleave(per_class)
-            scores[f"guidance_{guidance:g}"] = {
-                "accuracy": accuracy(classifier, samples, labels),
-                "frechet_vs_real": frechet_distance(classifier.features(real), classifier.features(samples)),
-            }
-    return scores
 
 
 def write_report(run_dir: Path, figures: dict, commands: list[str]) -> None:
