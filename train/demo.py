@@ -34,7 +34,7 @@ from train.sample import load_pipeline, sample_by_class
 
 CLASSIFIER_TRAIN_IMAGES = 4096  # real training images the judging classifier sees
 CLASSIFIER_STEPS = 400
-SAMPLES_PER_CLASS = 48  # class-conditional samples scored per class
+SAMPLES_PER_CLASS = 32  # class-conditional samples scored per class
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
