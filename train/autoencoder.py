@@ -7,7 +7,6 @@ Setup functions come first; `train()` holds the whole loop, one optimizer step t
 from __future__ import annotations
 
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,8 +48,8 @@ from ldm_vae.viz import reconstruction_grid
 from train.checkpoints import (
     CheckpointManager,
     Progress,
-    check_divergence,
     check_resume_batch,
+    end_step,
     resolve_resume,
     resume_point,
 )
@@ -346,7 +345,6 @@ def train(cfg: AutoencoderTrainConfig) -> Path:
     running = RunningMeans()  # over micro-batches since the last log
     grad_norms: dict[str, torch.Tensor] = {}
     last_active: int | None = None  # active latent channels at the last log, for collapse_warning
-    last_log_time, last_log_step = time.perf_counter(), progress.step
     try:
         while progress.step < cfg.train.max_steps:
             step = progress.step
@@ -389,27 +387,22 @@ def train(cfg: AutoencoderTrainConfig) -> Path:
                 ema.step(autoencoder.parameters())
             for optimizer in optimizers:
                 optimizer.zero_grad(set_to_none=True)
-            progress.record_step(global_micro_batch * cfg.train.grad_accum_steps, skipped=bad_step)
-            if bad_step:
-                tracker.info(
-                    f"step {step}: non-finite loss, step skipped ({progress.nonfinite_steps} so far)"
-                )
-                check_divergence(
-                    progress,
-                    cfg.train.max_nonfinite_steps,
-                    run_dir,
-                    "lower optim.lr, use bf16 instead of fp16, or raise loss.disc_start_steps",
-                )
-            tracker.advance()
+            end_step(
+                progress,
+                global_micro_batch * cfg.train.grad_accum_steps,
+                bad_step,
+                tracker,
+                cfg.train.max_nonfinite_steps,
+                "lower optim.lr, use bf16 instead of fp16, or raise loss.disc_start_steps",
+            )
 
             if progress.step % cfg.train.log_every_steps == 0 or progress.step == cfg.train.max_steps:
-                now = time.perf_counter()
                 scalars = running.pop_means()
                 scalars.update({key: value.item() for key, value in grad_norms.items()})  # last step
                 scalars["train/lr"] = opt_g.param_groups[0]["lr"]
-                scalars["train/images_per_sec"] = (
-                    (progress.step - last_log_step) * global_micro_batch * cfg.train.grad_accum_steps
-                ) / (now - last_log_time)
+                scalars["train/images_per_sec"] = tracker.samples_per_second(
+                    progress.step, global_micro_batch * cfg.train.grad_accum_steps
+                )
                 scalars["train/nonfinite_steps"] = progress.nonfinite_steps
                 if "logvar" in out:
                     kl = kl_per_channel(out["mean"].detach(), out["logvar"].detach())
@@ -426,7 +419,6 @@ def train(cfg: AutoencoderTrainConfig) -> Path:
                     scalars["codebook/restarted_codes"] = autoencoder.quantize.last_restarts  # last step
                 tracker.scalars(progress.step, scalars)
                 tracker.postfix(scalars["train/loss"])
-                last_log_time, last_log_step = now, progress.step
             if (
                 progress.healthy
                 and accelerator.is_main_process

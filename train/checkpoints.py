@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ldm_vae.errors import ConfigError, TrainingDiverged
+from train.tracking import RunTracker
 
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d{7,})$")
 
@@ -153,11 +154,25 @@ class CheckpointManager:
         return None
 
 
-def check_divergence(progress: Progress, max_nonfinite_steps: int, run_dir: Path, advice: str) -> None:
-    """Raise `TrainingDiverged`, naming the last good checkpoint, after too many non-finite steps in a row."""
-    if progress.consecutive_nonfinite >= max_nonfinite_steps:
-        last_good = resolve_resume(run_dir, "latest")
-        raise TrainingDiverged(
-            f"stopped at step {progress.step} after {progress.consecutive_nonfinite} non-finite losses in a "
-            f"row (train.max_nonfinite_steps); last good checkpoint: {last_good}; {advice}"
+def end_step(
+    progress: Progress,
+    samples: int,
+    skipped: bool,
+    tracker: RunTracker,
+    max_nonfinite_steps: int,
+    advice: str,
+) -> None:
+    """Count an optimizer step; report a skipped (non-finite) one, and after `max_nonfinite_steps` in a row
+    raise `TrainingDiverged` naming the last good checkpoint and `advice`."""
+    progress.record_step(samples, skipped)
+    if skipped:
+        tracker.info(
+            f"step {progress.step - 1}: non-finite loss, step skipped ({progress.nonfinite_steps} so far)"
         )
+        if progress.consecutive_nonfinite >= max_nonfinite_steps:
+            last_good = resolve_resume(tracker.run_dir, "latest")
+            raise TrainingDiverged(
+                f"stopped at step {progress.step} after {progress.consecutive_nonfinite} non-finite losses "
+                f"in a row (train.max_nonfinite_steps); last good checkpoint: {last_good}; {advice}"
+            )
+    tracker.advance()

@@ -73,27 +73,29 @@ def _is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def run_training_job(args: argparse.Namespace) -> None:
+    """train-ae / train-ldm: resolve, validate and print the config (EDM2's habit), then train."""
+    if args.command == "train-ae":
+        from train.autoencoder import train
+
+        cfg = load_config(AutoencoderTrainConfig, args.config, args.overrides)
+        validate_autoencoder_config(cfg)
+    else:
+        from train.ldm import train
+
+        cfg = load_config(LDMTrainConfig, args.config, args.overrides)
+        validate_ldm_config(cfg)
+    if _is_main_process():
+        print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="", flush=True)
+    if not args.dry_run:
+        train(cfg)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.command == "train-ae":
-            from train.autoencoder import train
-
-            cfg = load_config(AutoencoderTrainConfig, args.config, args.overrides)
-            validate_autoencoder_config(cfg)
-            if _is_main_process():
-                print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="", flush=True)
-            if not args.dry_run:
-                train(cfg)
-        elif args.command == "train-ldm":
-            from train.ldm import train as train_ldm
-
-            cfg = load_config(LDMTrainConfig, args.config, args.overrides)
-            validate_ldm_config(cfg)
-            if _is_main_process():
-                print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="", flush=True)
-            if not args.dry_run:
-                train_ldm(cfg)
+        if args.command in ("train-ae", "train-ldm"):
+            run_training_job(args)
         elif args.command == "encode":
             from train.encode import encode, verify
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,8 +38,8 @@ from pipelines import LatentDiffusionPipeline
 from train.checkpoints import (
     CheckpointManager,
     Progress,
-    check_divergence,
     check_resume_batch,
+    end_step,
     resume_point,
 )
 from train.runtime import (
@@ -273,7 +272,6 @@ def train(cfg: LDMTrainConfig) -> Path:
 
     stop = StopRequest()
     running = RunningMeans()  # over micro-batches since the last log
-    last_log_time, last_log_step = time.perf_counter(), progress.step
     grad_norm = torch.zeros(())
     try:
         while progress.step < cfg.train.max_steps:
@@ -325,31 +323,25 @@ def train(cfg: LDMTrainConfig) -> Path:
                 optimizer.step()
                 ema.step(raw_unet.parameters())
             optimizer.zero_grad(set_to_none=True)
-            progress.record_step(global_micro_batch * cfg.train.grad_accum_steps, skipped=bad_step)
-            if bad_step:
-                tracker.info(
-                    f"step {step}: non-finite loss, step skipped ({progress.nonfinite_steps} so far)"
-                )
-                check_divergence(
-                    progress,
-                    cfg.train.max_nonfinite_steps,
-                    run_dir,
-                    "lower optim.lr or use bf16 instead of fp16",
-                )
-            tracker.advance()
+            end_step(
+                progress,
+                global_micro_batch * cfg.train.grad_accum_steps,
+                bad_step,
+                tracker,
+                cfg.train.max_nonfinite_steps,
+                "lower optim.lr or use bf16 instead of fp16",
+            )
 
             if progress.step % cfg.train.log_every_steps == 0 or progress.step == cfg.train.max_steps:
-                now = time.perf_counter()
                 scalars = running.pop_means()
                 scalars["train/grad_norm"] = float(grad_norm)  # of the last step
                 scalars["train/lr"] = optimizer.param_groups[0]["lr"]
-                scalars["train/latents_per_sec"] = (
-                    (progress.step - last_log_step) * global_micro_batch * cfg.train.grad_accum_steps
-                ) / (now - last_log_time)
+                scalars["train/latents_per_sec"] = tracker.samples_per_second(
+                    progress.step, global_micro_batch * cfg.train.grad_accum_steps
+                )
                 scalars["train/nonfinite_steps"] = progress.nonfinite_steps
                 tracker.scalars(progress.step, scalars)
                 tracker.postfix(scalars["train/loss"])
-                last_log_time, last_log_step = now, progress.step
             if (
                 progress.healthy
                 and accelerator.is_main_process

@@ -17,6 +17,7 @@ class RunTracker:
         self.is_main = accelerator.is_main_process
         self.run_dir = run_dir
         self.bar = tqdm(total=total_steps, initial=start_step, disable=not self.is_main, unit="step")
+        self._rate_time, self._rate_step = time.perf_counter(), start_step
         if self.is_main:
             accelerator.init_trackers("train")
             self._forget_rows_after(start_step)
@@ -36,6 +37,13 @@ class RunTracker:
 
     def advance(self) -> None:
         self.bar.update(1)
+
+    def samples_per_second(self, step: int, samples_per_step: int) -> float:
+        """Throughput since the previous call (or since the tracker started)."""
+        now = time.perf_counter()
+        rate = (step - self._rate_step) * samples_per_step / max(now - self._rate_time, 1e-9)
+        self._rate_time, self._rate_step = now, step
+        return rate
 
     def postfix(self, loss: float) -> None:
         self.bar.set_postfix(loss=f"{loss:.4f}")
