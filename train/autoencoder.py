@@ -427,12 +427,7 @@ def train(cfg: AutoencoderTrainConfig) -> Path:
                 reconstruction = ema_reconstruction(autoencoder, ema, fixed_images)
                 grid = reconstruction_grid(fixed_images, reconstruction)
                 tracker.image("val/reconstructions_ema", grid, progress.step)
-            saved = checkpoints.save_if_due(progress, cfg.train.checkpoint_every_steps, stop_now)
-            if saved:
-                tracker.info(f"step {progress.step}: checkpoint {saved}")
-            if stop_now:
-                tracker.info(f"interrupted at step {progress.step}; continue with train.resume=latest")
-                raise KeyboardInterrupt
+            checkpoints.save_if_due(progress, cfg.train.checkpoint_every_steps, stop_now, tracker)
         if progress.step % cfg.train.checkpoint_every_steps:
             checkpoints.save(progress)
     finally:

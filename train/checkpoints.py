@@ -147,11 +147,14 @@ class CheckpointManager:
     def load(self, path: Path) -> None:
         self.accelerator.load_state(str(path))
 
-    def save_if_due(self, progress: Progress, every_steps: int, stop_now: bool) -> Path | None:
-        """Checkpoint every `every_steps` healthy steps, and always when the run was asked to stop."""
+    def save_if_due(self, progress: Progress, every_steps: int, stop_now: bool, tracker: RunTracker) -> None:
+        """Checkpoint every `every_steps` healthy steps; when the run was asked to stop, checkpoint and
+        raise KeyboardInterrupt (every process, after the same step)."""
         if (progress.healthy and progress.step % every_steps == 0) or stop_now:
-            return self.save(progress)
-        return None
+            tracker.info(f"step {progress.step}: checkpoint {self.save(progress)}")
+        if stop_now:
+            tracker.info(f"interrupted at step {progress.step}; continue with train.resume=latest")
+            raise KeyboardInterrupt
 
 
 def end_step(

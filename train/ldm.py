@@ -350,12 +350,7 @@ def train(cfg: LDMTrainConfig) -> Path:
                 samples = ema_samples(pipe, ema, cfg)  # (rows, per_class, 3, H, W)
                 grid = make_grid(samples.flatten(0, 1), nrow=cfg.sample.per_class)
                 tracker.image("val/samples_ema", grid, progress.step)
-            saved = checkpoints.save_if_due(progress, cfg.train.checkpoint_every_steps, stop_now)
-            if saved:
-                tracker.info(f"step {progress.step}: checkpoint {saved}")
-            if stop_now:
-                tracker.info(f"interrupted at step {progress.step}; continue with train.resume=latest")
-                raise KeyboardInterrupt
+            checkpoints.save_if_due(progress, cfg.train.checkpoint_every_steps, stop_now, tracker)
         if progress.step % cfg.train.checkpoint_every_steps:
             checkpoints.save(progress)
     finally:
