@@ -13,7 +13,7 @@ Quality: an independent classifier (ldm_vae.metrics.classifier), trained here on
 scores class-balanced DDIM samples drawn with classifier-free guidance: the accuracy on the requested class,
 and the Fréchet distance of its features to as many held-out images (with real vs real as the floor).
 
-    python benchmarks/pixel_vs_latent.py [--autoencoder runs/demo/autoencoder/export] [--budget-seconds 210]
+    python benchmarks/pixel_vs_latent.py [--autoencoder runs/demo/autoencoder/export] [--budget-seconds 240]
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ def first_of_each_class(images: Tensor, labels: Tensor, num_classes: int) -> Ten
 
 def save_grids(panels: dict[str, Tensor], path: Path) -> None:
     """One panel per entry, one row per class; images in [-1, 1]."""
-    fig = Figure(figsize=(3.2 * len(panels), 3.0), layout="constrained")
+    fig = Figure(figsize=(3.2 * len(panels), 2.7), layout="constrained")
     FigureCanvasAgg(fig)
     for ax, (title, images) in zip(
         fig.subplots(1, len(panels), squeeze=False)[0], panels.items(), strict=True
@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--autoencoder", default="runs/demo/autoencoder/export", help="trained f4 AutoencoderKL"
     )
-    parser.add_argument("--budget-seconds", type=float, default=210.0, help="training wall-clock per arm")
+    parser.add_argument("--budget-seconds", type=float, default=240.0, help="training wall-clock per arm")
     parser.add_argument("--images", type=int, default=8192, help="builtin:shapes training images")
     parser.add_argument("--held-out", type=int, default=512, help="held-out images (classifier test, FD)")
     parser.add_argument("--resolution-px", type=int, default=32)

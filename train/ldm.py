@@ -266,9 +266,8 @@ def train(cfg: LDMTrainConfig) -> Path:
     raw_unet = accelerator.unwrap_model(unet)
     if accelerator.is_main_process:  # only the main process samples grids, with the decoder on its device
         pipe = sampling_pipeline(cfg, raw_unet, session.vae.to(device), noise_scheduler, store.classes)
-    noise_scheduler.alphas_cumprod = noise_scheduler.alphas_cumprod.to(
-        device
-    )  # add_noise indexes it per step
+    # add_noise indexes alphas_cumprod by timestep every step: keep it on the device once
+    noise_scheduler.alphas_cumprod = noise_scheduler.alphas_cumprod.to(device)
 
     stop = StopRequest()
     running = RunningMeans()  # over micro-batches since the last log
@@ -289,10 +288,8 @@ def train(cfg: LDMTrainConfig) -> Path:
                     cfg.diffusion.label_dropout,
                     cfg.seed,
                 )
-                noise, timesteps = (
-                    noise.to(device).contiguous(memory_format=memory_format),
-                    timesteps.to(device),
-                )
+                noise = noise.to(device).contiguous(memory_format=memory_format)
+                timesteps = timesteps.to(device)
                 class_labels = None
                 if cfg.model.class_conditional:  # dropped labels become the null class (CFG)
                     class_labels = torch.where(drop, null_class, labels).to(device)
