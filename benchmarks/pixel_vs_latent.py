@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from ldm_vae.config import DiffusionConfig, UNetConfig  # noqa: E402
-from ldm_vae.data import SHAPE_KINDS, build_dataset, train_held_out_split  # noqa: E402
+from ldm_vae.data import SHAPE_KINDS, build_dataset, stack_items, train_held_out_split  # noqa: E402
 from ldm_vae.data.sampler import DIFFUSION_STREAM, position_generator  # noqa: E402
 from ldm_vae.errors import ConfigError  # noqa: E402
 from ldm_vae.losses import diffusion_loss  # noqa: E402
@@ -65,12 +65,6 @@ def load_vae(folder: str) -> AutoencoderKL:
     if not (Path(folder) / "config.json").is_file():
         raise ConfigError(f"--autoencoder={folder!r}: no trained autoencoder there; {MAKE_AUTOENCODER}")
     return load_autoencoder(folder, "--autoencoder", kinds=("AutoencoderKL",))
-
-
-def load_images(dataset, indices: list[int]) -> tuple[Tensor, Tensor]:
-    """Images (n, 3, R, R) in [-1, 1] and labels (n,)."""
-    items = [dataset[i] for i in indices]
-    return torch.stack([image for image, _ in items]), torch.tensor([label for _, label in items])
 
 
 @torch.no_grad()
@@ -255,8 +249,8 @@ def main() -> None:
 
     # 1. The judge, trained on the training images; held-out features are the reference and the floor.
     train_indices, held_out_indices = train_held_out_split(dataset, args.held_out, args.seed)
-    train_images, train_labels = load_images(dataset, train_indices)
-    held_out_images, held_out_labels = load_images(dataset, held_out_indices)
+    train_images, train_labels = stack_items(dataset, train_indices)
+    held_out_images, held_out_labels = stack_items(dataset, held_out_indices)
     start = time.perf_counter()
     classifier = train_classifier(dataset, train_indices, num_classes, seed=args.seed)
     classifier_seconds = time.perf_counter() - start

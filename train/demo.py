@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ldm_vae.config import AutoencoderTrainConfig, LDMTrainConfig, load_config
-from ldm_vae.data import build_dataset, train_held_out_split
+from ldm_vae.data import build_dataset, stack_items, train_held_out_split
 from ldm_vae.errors import ConfigError
 from ldm_vae.metrics.classifier import SampleClassifier, accuracy, frechet_distance, train_classifier
 from pipelines import LatentDiffusionPipeline
@@ -90,8 +90,7 @@ def train_judge(
         steps=classifier_steps,
         seed=ae_cfg.seed,
     )
-    real = torch.stack([dataset[i][0] for i in held_out])  # (n, 3, R, R) in [-1, 1]
-    real_labels = torch.tensor([dataset[i][1] for i in held_out])
+    real, real_labels = stack_items(dataset, held_out)  # (n, 3, R, R) in [-1, 1], (n,)
     reference = torch.stack([dataset[i][0] for i in train_indices[-len(held_out) :]])
     figures = {
         "classifier_real_held_out_accuracy": accuracy(classifier, real, real_labels),

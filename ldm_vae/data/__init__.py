@@ -6,6 +6,9 @@ Every dataset yields (image (3, R, R) float32 in [-1, 1], label int) and has `cl
 
 from pathlib import Path
 
+import torch
+from torch.utils.data import Dataset
+
 from ldm_vae.data.folder import ImageFolderDataset, load_rgb, to_rgb
 from ldm_vae.data.sampler import StreamSampler
 from ldm_vae.data.shapes import SHAPE_KINDS, ShapesDataset
@@ -14,15 +17,16 @@ from ldm_vae.data.transforms import RandomFlipView, image_transform
 from ldm_vae.errors import ConfigError
 
 __all__ = [
-    "StreamSampler",
     "BUILTIN_DATASETS",
     "SHAPE_KINDS",
     "ImageFolderDataset",
     "RandomFlipView",
     "ShapesDataset",
+    "StreamSampler",
     "build_dataset",
     "image_transform",
     "load_rgb",
+    "stack_items",
     "to_rgb",
     "train_held_out_split",
 ]
@@ -53,3 +57,9 @@ def build_dataset(
             "use builtin:shapes or a folder of images"
         )
     return ImageFolderDataset(Path(source), resolution_px)
+
+
+def stack_items(dataset: Dataset, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (n, 3, R, R) in [-1, 1] and labels (n,) of `dataset[i]` for i in `indices`, in memory."""
+    items = [dataset[i] for i in indices]
+    return torch.stack([image for image, _ in items]), torch.tensor([label for _, label in items])

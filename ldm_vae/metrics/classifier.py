@@ -21,6 +21,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from ldm_vae.data import stack_items
+
 MIN_RESOLUTION_PX = 16  # three stride-2 convolutions leave at least 2x2 positions to pool
 
 
@@ -92,9 +94,7 @@ def train_classifier(
     AdamW with a cosine decay to 0 and random flips. Deterministic given `seed` (on a fixed thread count),
     and it leaves the global torch RNG untouched.
     """
-    items = [dataset[i] for i in indices]
-    images = torch.stack([image for image, _ in items])  # (n, 3, R, R) in [-1, 1]
-    labels = torch.tensor([label for _, label in items])  # (n,)
+    images, labels = stack_items(dataset, indices)  # (n, 3, R, R) in [-1, 1], (n,)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         classifier = SampleClassifier(num_classes)
