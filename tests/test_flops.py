@@ -1,0 +1,63 @@
+"""FLOPs of a step, the measured peak and MFU (ldm_vae.training.flops)."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from ldm_vae.training.flops import (
+    StepFlops,
+    achieved_tflops,
+    count_flops,
+    measure_peak_tflops,
+    model_flops_utilization,
+)
+
+
+def conv_linear_model() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.SiLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+
+
+def train_step(model: nn.Module, batch: int = 2) -> None:
+    model(torch.randn(batch, 2, 6, 6)).square().mean().backward()
+
+
+def test_count_flops_matches_a_hand_count_of_forward_and_backward():
+    # conv: 2 x (b*c_out*h*w = 2*4*6*6 outputs) x (c_in*3*3 = 18 MACs) = 10368 FLOPs forward; backward
+    # needs only the weight gradient (the input does not require grad): another 10368.
+    # linear: 2 x b*in*out = 2*2*144*5 = 2880 forward; backward: input and weight gradients, 2 x 2880.
+    # Biases and element-wise ops count zero, as in every MFU figure.
+    assert count_flops(lambda: train_step(conv_linear_model())) == 2 * 10368 + 3 * 2880
+
+
+def test_step_flops_counts_each_phase_once_and_remembers_it():
+    model, flops = conv_linear_model(), StepFlops()
+    with flops.counting("d_off"):
+        train_step(model)
+    assert flops.current == 2 * 10368 + 3 * 2880
+    with flops.counting("d_off"):  # not counted again: a bigger batch would otherwise double the count
+        train_step(model, batch=4)
+    assert flops.current == 2 * 10368 + 3 * 2880
+    with flops.counting("d_on"):
+        train_step(model, batch=4)
+    assert flops.current == 2 * (2 * 10368 + 3 * 2880)
+    assert set(flops.per_phase) == {"d_off", "d_on"}
+
+
+def test_achieved_tflops_and_mfu_arithmetic():
+    assert achieved_tflops(3e12, steps_per_second=0.5) == pytest.approx(1.5)
+    assert model_flops_utilization(3e12, steps_per_second=0.5, peak_tflops=6.0) == pytest.approx(0.25)
+
+
+def test_measured_cpu_peak_is_positive_finite_and_quick():
+    start = time.perf_counter()
+    peak = measure_peak_tflops("cpu", size=256, seconds=0.1)
+    assert math.isfinite(peak) and peak > 0
+    assert time.perf_counter() - start < 3
+    # the peak's numerator uses the counter's convention (2 n^3 per n x n matmul): MFU compares like with like
+    matmul_flops = count_flops(lambda: torch.randn(256, 256) @ torch.randn(256, 256))
+    assert matmul_flops == 2 * 256**3
