@@ -28,8 +28,9 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from ldm_vae.train.autoencoder import train  # noqa: E402
+
 from ldm_vae.config import AutoencoderTrainConfig, load_config  # noqa: E402
-from train.autoencoder import train  # noqa: E402
 
 VARIANTS = {
     "plain": [

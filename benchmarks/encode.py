@@ -49,7 +49,7 @@ def encode_throughput(model: Path, images: int, processes: int, out: Path, batch
         launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
     command = [
         *launcher,
-        *("-m", "train.encode", "--model", str(model), "--data", "builtin:shapes", "--out", str(out)),
+        *("-m", "ldm_vae.train.encode", "--model", str(model), "--data", "builtin:shapes", "--out", str(out)),
         *("--builtin-samples", str(images), "--shard-size", str(max(1, images // 8))),
         *("--batch-size", str(batch_size), "--num-workers", "1"),
     ]

@@ -37,14 +37,15 @@ from torchvision.utils import make_grid
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from ldm_vae.pipelines import LatentDiffusionPipeline  # noqa: E402
+
 from ldm_vae.config import DiffusionConfig, UNetConfig  # noqa: E402
 from ldm_vae.data import SHAPE_KINDS, build_dataset, stack_items, train_held_out_split  # noqa: E402
-from ldm_vae.data.sampler import DIFFUSION_STREAM, position_generator  # noqa: E402
 from ldm_vae.errors import ConfigError  # noqa: E402
 from ldm_vae.losses import diffusion_loss  # noqa: E402
 from ldm_vae.metrics import SampleClassifier, accuracy, frechet_distance, train_classifier  # noqa: E402
 from ldm_vae.models import build_noise_scheduler, build_unet, load_autoencoder  # noqa: E402
-from pipelines import LatentDiffusionPipeline  # noqa: E402
+from ldm_vae.seeds import torch_generator  # noqa: E402
 
 # The same UNet for both arms; only its in/out convolutions follow the data's channels. Three levels: 32, 16,
 # 8 px on pixels and 8, 4, 2 on latents, self-attention at the lowest level of each.
@@ -84,7 +85,7 @@ def train_arm(
     losses: list[float] = []
     start, cpu_start = time.perf_counter(), time.process_time()
     while time.perf_counter() - start < args.budget_seconds:
-        generator = position_generator(args.seed, len(losses), DIFFUSION_STREAM)
+        generator = torch_generator(args.seed, "diffusion", len(losses))
         batch = torch.randint(len(x0_all), (args.batch_size,), generator=generator)
         timesteps = torch.randint(DIFFUSION.num_train_timesteps, (args.batch_size,), generator=generator)
         dropped = torch.rand(args.batch_size, generator=generator) < DIFFUSION.label_dropout

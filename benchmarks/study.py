@@ -37,14 +37,19 @@ from torchvision.utils import save_image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from ldm_vae.pipelines.sampling import load_pipeline, score_pipeline  # noqa: E402
+
+from ldm_vae.metrics.judge import CLASSIFIER_STEPS, train_judge  # noqa: E402
+from ldm_vae.training.stages import run_stage  # noqa: E402
+
+SAMPLES_PER_CLASS = 32  # class-conditional samples scored per class, as the demo
+
 from ldm_vae.config import AutoencoderTrainConfig, LDMTrainConfig, load_config  # noqa: E402
 from ldm_vae.errors import ConfigError  # noqa: E402
 from ldm_vae.metrics.classifier import SampleClassifier, frechet_distance  # noqa: E402
 from ldm_vae.models import load_autoencoder  # noqa: E402
 from ldm_vae.viz.interpolate import METHODS  # noqa: E402
 from ldm_vae.viz.prior import prior_samples  # noqa: E402
-from train.demo import CLASSIFIER_STEPS, SAMPLES_PER_CLASS, run_stage, score_pipeline, train_judge  # noqa: E402
-from train.sample import load_pipeline  # noqa: E402
 
 BENCHMARKS = REPO / "benchmarks"
 KL_BETAS = (1e-6, 0.1, 1.0)  # loss.kl_weight of the three VAEs; the AE is 0
@@ -245,7 +250,7 @@ def score_ldm(
     pipe = load_pipeline(str(ldm_dir / "pipeline"))
     return {
         **{key: report[key] for key in ("steps", "final_loss", "unet_parameters", "reload_max_abs_diff")},
-        **score_pipeline(pipe, classifier, real_features, ldm_cfg, per_class, seed),
+        **score_pipeline(pipe, classifier, real_features, ldm_cfg.sample, per_class, seed),
     }
 
 

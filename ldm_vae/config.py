@@ -7,6 +7,7 @@ validate-before-build).
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import types
 import typing
@@ -18,41 +19,111 @@ import yaml
 
 from ldm_vae.errors import ConfigError
 
-PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
+# Presets ship inside the wheel as ldm_vae/configs; in a checkout they are the top-level configs/ folder.
+_HERE = Path(__file__).resolve().parent
+PRESET_DIR = _HERE / "configs" if (_HERE / "configs").is_dir() else _HERE.parent / "configs"
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """A numeric range declared next to a config field (or a command-line option), checked on load."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def describe(self) -> str:
+        low = f"[{self.ge:g}" if self.ge is not None else (f"({self.gt:g}" if self.gt is not None else None)
+        high = f"{self.le:g}]" if self.le is not None else (f"{self.lt:g})" if self.lt is not None else None)
+        if low and high:
+            return f"in {low}, {high}"
+        if low:
+            return f"{'>=' if self.ge is not None else '>'} {low[1:]}"
+        return f"{'<=' if self.le is not None else '<'} {high[:-1]}"
+
+    def holds(self, value: float) -> bool:
+        return not (
+            (self.ge is not None and value < self.ge)
+            or (self.gt is not None and value <= self.gt)
+            or (self.le is not None and value > self.le)
+            or (self.lt is not None and value >= self.lt)
+        )
+
+    def check(self, key: str, value: Any) -> None:
+        """`value` (None passes: optional fields; lists: every item) must lie in the range."""
+        items = value if isinstance(value, list) else [value]
+        for i, item in enumerate(items):
+            if item is not None and not self.holds(item):
+                name = f"{key}[{i}]" if isinstance(value, list) else key
+                raise ConfigError(f"{name}={item!r}: must be {self.describe()}")
+
+
+def ranged(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, **bounds: float) -> Any:
+    """A dataclass field with its allowed range: `batch_size: int = ranged(4, ge=1)`."""
+    return field(default=default, default_factory=factory, metadata={"bounds": Bounds(**bounds)})
+
+
+def bounded_option(kind: type, **bounds: float) -> Any:
+    """An argparse `type=` for a number in a range, so command options are checked like config keys."""
+    limits = Bounds(**bounds)
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            expected = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {expected}") from None
+        if not limits.holds(value):
+            raise argparse.ArgumentTypeError(f"{text} must be {limits.describe()}")
+        return value
+
+    return parse
 
 
 @dataclass
 class DataConfig:
     source: str = "builtin:shapes"  # builtin:NAME or an image folder
-    resolution_px: int = 32  # shorter side resized, then centre-cropped to a square of this size
-    builtin_samples: int = 8192  # number of samples a builtin dataset generates
-    held_out_samples: int = 256  # deterministic held-out split used by the report
+    # shorter side resized, then centre-cropped to a square of this size
+    resolution_px: int = ranged(32, ge=8)
+    builtin_samples: int = ranged(8192, ge=2)  # number of samples a builtin dataset generates
+    held_out_samples: int = ranged(256, ge=1)  # deterministic held-out split used by the report
     random_flip: bool = True  # horizontal flip with probability 0.5
-    num_workers: int = 2  # DataLoader worker processes per training process
+    num_workers: int = ranged(2, ge=0)  # DataLoader worker processes per training process
 
 
 @dataclass
 class QuantizerConfig:
-    """VQ only (model.kind: vq). Defaults: the techniques that keep a codebook alive (vq_anchors.md 1.4)."""
+    """Quantizer of model.kind: vq. Defaults: the techniques that keep a codebook alive (see quantizer.py)."""
 
-    num_codes: int = 16384  # codebook size k
-    code_dim: int | None = 8  # lookup dimension (projections fold into quant_conv at export); None = latent
+    num_codes: int = ranged(16384, ge=2, le=2**31 - 1)  # codebook size k
+    # lookup dimension (projections fold into quant_conv at export); None = latent
+    code_dim: int | None = ranged(8, ge=1)
     update: Literal["ema", "gradient"] = "ema"  # EMA codebook, or the plain VQ-VAE codebook loss
-    decay: float = 0.99  # EMA decay of the codebook statistics
+    decay: float = ranged(0.99, gt=0, lt=1)  # EMA decay of the codebook statistics
     use_cosine: bool = True  # l2-normalised tokens and codes (stored unit-norm, so export is exact)
     kmeans_init: bool = True  # k-means on the first batch instead of a uniform init
-    dead_code_window_steps: int = 100  # re-seed codes unused for this many steps; 0 = never
-    commitment_weight: float = 0.25  # beta, on the encoder term (VQ-VAE eq. 3, not diffusers' legacy order)
-    usage_warning_below: float = 0.5  # warn when held-out codebook usage falls below this fraction
+    dead_code_window_steps: int = ranged(100, ge=0)  # re-seed codes unused for this many steps; 0 = never
+    # beta, on the encoder term (VQ-VAE eq. 3, not diffusers' legacy order)
+    commitment_weight: float = ranged(0.25, ge=0)
+    # warn when held-out codebook usage falls below this fraction
+    usage_warning_below: float = ranged(0.5, ge=0, le=1)
+    kind: Literal["vq", "fsq", "lfq"] = "vq"  # learned codebook, FSQ grid (levels) or LFQ signs (lfq_bits)
+    gradient: Literal["straight_through", "rotation"] = "straight_through"  # vq: copy or rotation trick
+    levels: list[int] = field(default_factory=lambda: [8, 5, 5, 5])  # fsq: levels per channel, each >= 2
+    lfq_bits: int = 10  # lfq: channels, each a sign: 2**lfq_bits codes, 1 to 18
+    entropy_weight: float = 0.1  # lfq: >= 0, weight of (per-token entropy - gamma * codebook entropy)
+    codebook_entropy_weight: float = 1.0  # lfq: gamma >= 0, how hard the batch is spread over the codes
+    entropy_temperature: float = 0.01  # lfq: > 0, soft assignment softmax(-|u - c|^2 / temperature)
 
 
 @dataclass
 class ModelConfig:
     kind: Literal["kl", "vq"] = "kl"  # AutoencoderKL or VQModel
-    block_out_channels: list[int] = field(default_factory=lambda: [128, 256, 512, 512])  # f = 2**(len-1)
-    layers_per_block: int = 2  # ResNet blocks per resolution level (LDM num_res_blocks)
-    latent_channels: int = 4  # z channels
-    norm_num_groups: int = 32  # GroupNorm groups; must divide every block width
+    block_out_channels: list[int] = ranged(factory=lambda: [128, 256, 512, 512], gt=0)  # f = 2**(len-1)
+    layers_per_block: int = ranged(2, ge=1)  # ResNet blocks per resolution level (LDM num_res_blocks)
+    latent_channels: int = ranged(4, ge=1)  # z channels
+    norm_num_groups: int = ranged(32, ge=1)  # GroupNorm groups; must divide every block width
     mid_block_attention: bool = True  # LDM keeps a mid-block attention even with attn_resolutions: []
     posterior_logvar_init: float | None = None  # start log sigma^2 of the posterior here; None = ~0 (LDM)
     init_from: str | None = None  # a diffusers AutoencoderKL folder to start from (e.g. an SD VAE)
@@ -63,63 +134,75 @@ class ModelConfig:
 @dataclass
 class LossConfig:
     reconstruction: Literal["l1", "l2"] = "l1"  # per-pixel term
-    perceptual_weight: float = 1.0  # LPIPS-VGG weight; 0 disables it (and its weight files)
+    perceptual_weight: float = ranged(1.0, ge=0)  # LPIPS-VGG weight; 0 disables it (and its weight files)
     lpips_vgg16_path: str = ""  # torchvision VGG16 weights; "" = torch hub cache
     lpips_heads_path: str = ""  # LPIPS v0.1 vgg.pth; "" = the file inside an installed `lpips` package
-    kl_weight: float = 1e-6  # beta, relative to the per-pixel SUM as in LDM (see losses/autoencoder.py)
-    codebook_weight: float = 1.0  # weight of the quantizer's loss (kind: vq), as taming's codebook_weight
+    # beta, relative to the per-pixel SUM as in LDM (see losses/autoencoder.py)
+    kl_weight: float = ranged(1e-6, ge=0)
+    # weight of the quantizer's loss (kind: vq), as taming's codebook_weight
+    codebook_weight: float = ranged(1.0, ge=0)
     learn_logvar: bool = False  # learn the output log-variance (it really is optimised here)
     logvar_init: float = 0.0  # initial output log-variance
-    disc_weight: float = 0.5  # PatchGAN weight on top of the adaptive weight; 0 disables the GAN
-    disc_start_steps: int = 50001  # generator steps before the adversarial term enters
-    disc_warmup_steps: int = 0  # the discriminator trains this many steps before its loss enters
-    disc_layers: int = 3  # PatchGAN depth (3: 70 px receptive field)
-    disc_channels: int = 64  # PatchGAN width of the first layer
+    # PatchGAN weight on top of the adaptive weight; 0 disables the GAN
+    disc_weight: float = ranged(0.5, ge=0)
+    disc_start_steps: int = ranged(50001, ge=0)  # generator steps before the adversarial term enters
+    # the discriminator trains this many steps before its loss enters
+    disc_warmup_steps: int = ranged(0, ge=0)
+    disc_layers: int = ranged(3, ge=1)  # PatchGAN depth (3: 70 px receptive field)
+    disc_channels: int = ranged(64, ge=1)  # PatchGAN width of the first layer
     disc_norm: Literal["group", "batch"] = "group"  # batch makes D depend on the per-process batch
-    adaptive_weight_max: float = 1e4  # clamp of the adaptive weight
+    adaptive_weight_max: float = ranged(1e4, gt=0)  # clamp of the adaptive weight
+    lecam_weight: float = 0.0  # LeCAM regulariser on the discriminator, >= 0 (MAGVIT-v2: 0.001); 0 = off
+    lecam_decay: float = 0.99  # EMA decay of the mean real/fake logits LeCAM anchors to, in [0, 1)
+    # EQ-VAE: >= 0; decode a scaled/rotated latent vs the same image; 0 = off
+    equivariance_weight: float = ranged(0.0, ge=0)
 
 
 @dataclass
 class OptimConfig:
     """AdamW and the LR schedule; defaults are the latent UNet's (DiT/diffusers train_unconditional)."""
 
-    lr: float = 1e-4  # learning rate (not scaled by batch size: set what you mean)
-    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    weight_decay: float = 0.0  # AdamW decoupled weight decay
-    warmup_steps: int = 0  # linear LR warm-up from 0
+    lr: float = ranged(1e-4, gt=0)  # learning rate (not scaled by batch size: set what you mean)
+    adam_betas: list[float] = ranged(factory=lambda: [0.9, 0.999], ge=0, lt=1)
+    weight_decay: float = ranged(0.0, ge=0)  # AdamW decoupled weight decay
+    adam_eps: float = ranged(1e-8, gt=0)  # AdamW epsilon; large values make steps proportional to gradients
+    warmup_steps: int = ranged(0, ge=0)  # linear LR warm-up from 0
     schedule: Literal["constant", "cosine"] = "constant"  # after warm-up
-    min_lr_ratio: float = 0.1  # cosine floor, as a fraction of lr
-    grad_clip: float = 0.0  # clip the global grad norm at this value; 0 = no clipping (norm still logged)
+    min_lr_ratio: float = ranged(0.1, ge=0, le=1)  # cosine floor, as a fraction of lr
+    # clip the global grad norm at this value; 0 = no clipping (norm still logged)
+    grad_clip: float = ranged(0.0, ge=0)
 
 
 @dataclass
 class AutoencoderOptimConfig(OptimConfig):
-    lr: float = 4.5e-6  # autoencoder learning rate (LDM's base_learning_rate, not scaled by batch)
-    adam_betas: list[float] = field(default_factory=lambda: [0.5, 0.9])  # LDM/taming betas
-    disc_lr: float | None = None  # discriminator learning rate; None = lr
+    # autoencoder learning rate (LDM's base_learning_rate, not scaled by batch)
+    lr: float = ranged(4.5e-6, gt=0)
+    adam_betas: list[float] = ranged(factory=lambda: [0.5, 0.9], ge=0, lt=1)  # LDM/taming betas
+    disc_lr: float | None = ranged(None, gt=0)  # discriminator learning rate; None = lr
 
 
 @dataclass
 class TrainConfig:
-    batch_size: int = 4  # images per process per micro-batch
-    grad_accum_steps: int = 1  # micro-batches per optimizer step
-    max_steps: int = 100_000  # optimizer steps
+    batch_size: int = ranged(4, ge=1)  # images per process per micro-batch
+    grad_accum_steps: int = ranged(1, ge=1)  # micro-batches per optimizer step
+    max_steps: int = ranged(100_000, ge=1)  # optimizer steps
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # autocast; master weights stay fp32
-    ema_decay: float = 0.999  # EMA of the trained weights (warm-up (1+n)/(10+n) up to this)
-    checkpoint_every_steps: int = 1000  # full training state, for resuming
-    checkpoint_total_limit: int = 3  # keep this many checkpoints
+    # EMA of the trained weights (warm-up (1+n)/(10+n) up to this)
+    ema_decay: float = ranged(0.999, ge=0, lt=1)
+    checkpoint_every_steps: int = ranged(1000, ge=1)  # full training state, for resuming
+    checkpoint_total_limit: int = ranged(3, ge=1)  # keep this many checkpoints
     resume: str | None = None  # "latest" or a checkpoint folder
-    log_every_steps: int = 50  # scalars to TensorBoard and stats.jsonl
-    image_every_steps: int = 500  # reconstruction or sample grids to TensorBoard
-    max_nonfinite_steps: int = 5  # stop after this many non-finite losses in a row
+    log_every_steps: int = ranged(50, ge=1)  # scalars to TensorBoard and stats.jsonl
+    image_every_steps: int = ranged(500, ge=1)  # reconstruction or sample grids to TensorBoard
+    max_nonfinite_steps: int = ranged(5, ge=1)  # stop after this many non-finite losses in a row
     use_channels_last: bool = False  # channels_last memory format (faster convs on GPU)
     use_compile: bool = False  # torch.compile the trained model
 
 
 @dataclass
 class ExportConfig:
-    scaling_samples: int = 1024  # training images encoded to measure scaling_factor = 1/std(z)
-    report_samples: int = 16  # images in the reconstruction grid
+    scaling_samples: int = ranged(1024, ge=1)  # training images encoded to measure scaling_factor = 1/std(z)
+    report_samples: int = ranged(16, ge=1)  # images in the reconstruction grid
 
 
 @dataclass
@@ -133,6 +216,9 @@ class AutoencoderTrainConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
 
+    def __post_init__(self) -> None:
+        validate_autoencoder_config(self)
+
 
 # ---------------------------------------------------------------------------------------------------
 # Latent diffusion (train/ldm.py)
@@ -144,34 +230,45 @@ class LatentDataConfig:
     autoencoder: str | None = None  # the autoencoder folder that decodes them; None = the one in the manifest
     mode: Literal["sample", "mean"] = "sample"  # KL: draw z from the stored posterior, or use its mean
     normalization: Literal["scale", "shift_scale", "per_channel", "none"] = "scale"  # see LatentDataset
-    flip_probability: float = 0.0  # read the stored flipped latents this often (needs `encode --flip`)
-    num_workers: int = 2  # DataLoader worker processes per training process
+    # read the stored flipped latents this often (needs `encode --flip`)
+    flip_probability: float = ranged(0.0, ge=0, le=1)
+    num_workers: int = ranged(2, ge=0)  # DataLoader worker processes per training process
 
 
 @dataclass
 class UNetConfig:
     """A diffusers UNet2DModel; in/out channels and sample size come from the latent store."""
 
-    block_out_channels: list[int] = field(default_factory=lambda: [224, 448, 672, 896])  # one per level
+    block_out_channels: list[int] = ranged(factory=lambda: [224, 448, 672, 896], gt=0)  # one per level
     attention_levels: list[bool] = field(default_factory=lambda: [False, True, True, True])  # self-attention
-    layers_per_block: int = 2  # ResNet blocks per level
-    attention_head_dim: int = 32  # channels per attention head
-    norm_num_groups: int = 32  # GroupNorm groups; must divide every block width
-    dropout: float = 0.0  # ResNet dropout
+    layers_per_block: int = ranged(2, ge=1)  # ResNet blocks per level
+    attention_head_dim: int = ranged(32, ge=1)  # channels per attention head
+    norm_num_groups: int = ranged(32, ge=1)  # GroupNorm groups; must divide every block width
+    dropout: float = ranged(0.0, ge=0, lt=1)  # ResNet dropout
     class_conditional: bool = True  # one class embedding per store class, plus the null class for CFG
-    latent_channels: int | None = None  # expected store channels; None = whatever the store holds
-    latent_size: int | None = None  # expected store latent height = width; None = whatever the store holds
+    # expected store channels; None = whatever the store holds
+    latent_channels: int | None = ranged(None, ge=1)
+    # expected store latent height = width; None = whatever the store holds
+    latent_size: int | None = ranged(None, ge=1)
 
 
 @dataclass
 class DiffusionConfig:
-    num_train_timesteps: int = 1000  # T
+    num_train_timesteps: int = ranged(1000, ge=2)  # T
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "scaled_linear"  # SD: scaled
-    beta_start: float = 0.00085  # SD / LDM kl-f8 values
-    beta_end: float = 0.012
-    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"  # what the UNet predicts
-    min_snr_gamma: float = 0.0  # Min-SNR-gamma loss weight (Hang et al. 2023; 5 is theirs); 0 = plain MSE
-    label_dropout: float = 0.1  # chance of training on the null class (classifier-free guidance)
+    beta_start: float = ranged(0.00085, gt=0, lt=1)  # SD / LDM kl-f8 values
+    beta_end: float = ranged(0.012, gt=0, lt=1)
+    # what the UNet predicts: eps or v on the DDPM path, or (flow) v = eps - x0 on the straight path
+    # x_t = (1 - s) x0 + s eps, s in [0, 1] (rectified flow, SD3); sampled by FlowMatchEulerDiscreteScheduler
+    prediction_type: Literal["epsilon", "v_prediction", "flow"] = "epsilon"
+    timestep_sampling: Literal["uniform", "logit_normal"] = "uniform"  # training t; logit_normal: SD3's
+    logit_mean: float = 0.0  # logit_normal: t/T = sigmoid(N(logit_mean, logit_std)); any real (SD3: 0)
+    logit_std: float = ranged(1.0, gt=0)  # logit_normal: > 0 (SD3: 1)
+    zero_terminal_snr: bool = False  # DDPM path: rescale betas so t = T-1 is pure noise (Lin et al. 2024)
+    # Min-SNR-gamma loss weight (Hang et al. 2023; 5 is theirs); 0 = plain MSE
+    min_snr_gamma: float = ranged(0.0, ge=0)
+    # chance of training on the null class (classifier-free guidance)
+    label_dropout: float = ranged(0.1, ge=0, lt=1)
 
 
 @dataclass
@@ -179,9 +276,9 @@ class SampleConfig:
     """Sample grids during training and in the final report (EMA weights, fixed seed)."""
 
     scheduler: Literal["ddpm", "ddim", "dpm"] = "ddim"  # DDPM ancestral, DDIM (eta 0), DPM-Solver++
-    num_inference_steps: int = 50
+    num_inference_steps: int = ranged(50, ge=1)
     guidance_scale: float = 1.0  # classifier-free guidance; 1 = none
-    per_class: int = 8  # images per class in a grid (unconditional: images = 8 x per_class)
+    per_class: int = ranged(8, ge=1)  # images per class in a grid (unconditional: images = 8 x per_class)
 
 
 @dataclass
@@ -194,6 +291,9 @@ class LDMTrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def __post_init__(self) -> None:
+        validate_ldm_config(self)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -353,7 +453,8 @@ def save_config(config: Any, path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Validation: value ranges and cross-field rules, before anything is built
+# Validation: the ranges declared on the fields, then the rules that relate several fields. It runs when a
+# top-level config is built (`__post_init__`), so no job or command checks a config twice.
 
 
 def _require(ok: bool, message: str) -> None:
@@ -361,37 +462,39 @@ def _require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def check_ranges(config: Any, prefix: str = "") -> None:
+    """Every field of `config` (recursively) against the `Bounds` declared on it."""
+    for spec in dataclasses.fields(config):
+        value, key = getattr(config, spec.name), f"{prefix}{spec.name}"
+        if dataclasses.is_dataclass(value):
+            check_ranges(value, f"{key}.")
+        elif "bounds" in spec.metadata:
+            spec.metadata["bounds"].check(key, value)
+
+
 def downsampling_factor(model: ModelConfig) -> int:
     """Spatial factor f of an AutoencoderKL: one 2x downsampling between consecutive blocks."""
     return 2 ** (len(model.block_out_channels) - 1)
 
 
-def validate_quantizer(model: ModelConfig, loss: LossConfig) -> None:
+def check_widths(blocks: list[int], groups: int, key: str) -> None:
+    """GroupNorm needs every block width to be a multiple of its group count."""
+    _require(len(blocks) >= 1, f"{key}: needs at least one block")
+    for i, width in enumerate(blocks):
+        _require(
+            width % groups == 0,
+            f"{key}[{i}]={width}: must be divisible by model.norm_num_groups={groups}",
+        )
+
+
+def check_quantizer(model: ModelConfig, loss: LossConfig) -> None:
     """What a diffusers VQModel export can represent, and what the quantizer can train."""
     q = model.quantizer
     code_dim = q.code_dim or model.latent_channels
-    _require(q.num_codes >= 2, f"model.quantizer.num_codes={q.num_codes}: needs at least 2 codes")
-    _require(
-        q.num_codes <= 2**31 - 1,
-        f"model.quantizer.num_codes={q.num_codes}: VQModel's nn.Embedding indices must fit int32 for tokens",
-    )
-    _require(code_dim >= 1, f"model.quantizer.code_dim={q.code_dim}: must be >= 1")
     _require(
         not (q.use_cosine and code_dim == 1 and q.num_codes > 2),
         f"model.quantizer.code_dim=1 with use_cosine=true: only 2 unit vectors exist in 1-D, not "
         f"{q.num_codes} codes; raise code_dim or set use_cosine=false",
-    )
-    _require(0 < q.decay < 1, f"model.quantizer.decay={q.decay}: must be in (0, 1)")
-    _require(
-        q.commitment_weight >= 0, f"model.quantizer.commitment_weight={q.commitment_weight}: must be >= 0"
-    )
-    _require(
-        q.dead_code_window_steps >= 0,
-        f"model.quantizer.dead_code_window_steps={q.dead_code_window_steps}: must be >= 0 (0 disables)",
-    )
-    _require(
-        0 <= q.usage_warning_below <= 1,
-        f"model.quantizer.usage_warning_below={q.usage_warning_below}: in [0, 1]",
     )
     _require(
         model.init_from is None, "model.init_from with model.kind=vq: not supported yet; start from scratch"
@@ -405,92 +508,36 @@ def validate_quantizer(model: ModelConfig, loss: LossConfig) -> None:
     )
 
 
-def validate_optim(optim: OptimConfig) -> None:
-    _require(optim.lr > 0, f"optim.lr={optim.lr}: must be > 0")
+def check_optim(optim: OptimConfig) -> None:
     _require(
-        len(optim.adam_betas) == 2 and all(0 <= b < 1 for b in optim.adam_betas),
-        f"optim.adam_betas={optim.adam_betas}: must be two numbers in [0, 1)",
+        len(optim.adam_betas) == 2, f"optim.adam_betas={optim.adam_betas}: must be two numbers in [0, 1)"
     )
-    _require(optim.weight_decay >= 0, f"optim.weight_decay={optim.weight_decay}: must be >= 0")
-    _require(optim.warmup_steps >= 0, f"optim.warmup_steps={optim.warmup_steps}: must be >= 0")
-    _require(0 <= optim.min_lr_ratio <= 1, f"optim.min_lr_ratio={optim.min_lr_ratio}: must be in [0, 1]")
-    _require(optim.grad_clip >= 0, f"optim.grad_clip={optim.grad_clip}: must be >= 0 (0 disables)")
-
-
-def validate_train(train: TrainConfig) -> None:
-    for name in (
-        "batch_size",
-        "grad_accum_steps",
-        "max_steps",
-        "checkpoint_every_steps",
-        "checkpoint_total_limit",
-        "log_every_steps",
-        "image_every_steps",
-        "max_nonfinite_steps",
-    ):
-        value = getattr(train, name)
-        _require(value >= 1, f"train.{name}={value}: must be >= 1")
-    _require(0 <= train.ema_decay < 1, f"train.ema_decay={train.ema_decay}: must be in [0, 1)")
 
 
 def validate_autoencoder_config(cfg: AutoencoderTrainConfig) -> None:
-    data, model, loss, optim, train = cfg.data, cfg.model, cfg.loss, cfg.optim, cfg.train
-    factor = downsampling_factor(model)
-    _require(len(model.block_out_channels) >= 1, "model.block_out_channels: needs at least one block")
-    for i, width in enumerate(model.block_out_channels):
-        _require(width > 0, f"model.block_out_channels[{i}]={width}: must be > 0")
-        _require(
-            width % model.norm_num_groups == 0,
-            f"model.block_out_channels[{i}]={width}: must be divisible by model.norm_num_groups="
-            f"{model.norm_num_groups}",
-        )
-    _require(model.norm_num_groups >= 1, f"model.norm_num_groups={model.norm_num_groups}: must be >= 1")
-    _require(model.latent_channels >= 1, f"model.latent_channels={model.latent_channels}: must be >= 1")
-    _require(model.layers_per_block >= 1, f"model.layers_per_block={model.layers_per_block}: must be >= 1")
+    check_ranges(cfg)
+    model, data = cfg.model, cfg.data
+    check_widths(model.block_out_channels, model.norm_num_groups, "model.block_out_channels")
     if model.kind == "vq":
-        validate_quantizer(model, loss)
+        check_quantizer(model, cfg.loss)
     _require(
         not model.train_decoder_only or model.init_from is not None,
         "model.train_decoder_only=true needs model.init_from: a frozen random encoder learns nothing",
     )
-    _require(data.resolution_px >= 8, f"data.resolution_px={data.resolution_px}: must be >= 8")
+    factor = downsampling_factor(model)
     _require(
         data.resolution_px % factor == 0,
         f"data.resolution_px={data.resolution_px}: must be divisible by the downsampling factor {factor}; "
         f"try {max(factor, data.resolution_px - data.resolution_px % factor)}",
     )
-    _require(data.builtin_samples >= 2, f"data.builtin_samples={data.builtin_samples}: must be >= 2")
-    _require(data.held_out_samples >= 1, f"data.held_out_samples={data.held_out_samples}: must be >= 1")
-    _require(data.num_workers >= 0, f"data.num_workers={data.num_workers}: must be >= 0")
-    for name in ("perceptual_weight", "kl_weight", "codebook_weight", "disc_weight"):
-        value = getattr(loss, name)
-        _require(value >= 0, f"loss.{name}={value}: must be >= 0")
-    _require(loss.disc_start_steps >= 0, f"loss.disc_start_steps={loss.disc_start_steps}: must be >= 0")
-    _require(loss.disc_warmup_steps >= 0, f"loss.disc_warmup_steps={loss.disc_warmup_steps}: must be >= 0")
-    _require(loss.disc_layers >= 1, f"loss.disc_layers={loss.disc_layers}: must be >= 1")
-    _require(loss.disc_channels >= 1, f"loss.disc_channels={loss.disc_channels}: must be >= 1")
-    _require(
-        loss.adaptive_weight_max > 0, f"loss.adaptive_weight_max={loss.adaptive_weight_max}: must be > 0"
-    )
-    _require(optim.disc_lr is None or optim.disc_lr > 0, f"optim.disc_lr={optim.disc_lr}: must be > 0")
-    validate_optim(optim)
-    validate_train(train)
-    _require(
-        cfg.export.scaling_samples >= 1, f"export.scaling_samples={cfg.export.scaling_samples}: must be >= 1"
-    )
-    _require(
-        cfg.export.report_samples >= 1, f"export.report_samples={cfg.export.report_samples}: must be >= 1"
-    )
+    check_optim(cfg.optim)
 
 
 def validate_ldm_config(cfg: LDMTrainConfig) -> None:
     """What can be checked without the store; train/ldm.py checks the config against the store."""
-    data, model, diffusion, sample = cfg.data, cfg.model, cfg.diffusion, cfg.sample
-    _require(
-        0 <= data.flip_probability <= 1, f"data.flip_probability={data.flip_probability}: must be in [0, 1]"
-    )
-    _require(data.num_workers >= 0, f"data.num_workers={data.num_workers}: must be >= 0")
-    _require(len(model.block_out_channels) >= 1, "model.block_out_channels: needs at least one level")
+    check_ranges(cfg)
+    model, diffusion, sample = cfg.model, cfg.diffusion, cfg.sample
+    check_widths(model.block_out_channels, model.norm_num_groups, "model.block_out_channels")
     _require(
         len(model.attention_levels) == len(model.block_out_channels),
         f"model.attention_levels={model.attention_levels}: needs one entry per level of "
@@ -498,43 +545,17 @@ def validate_ldm_config(cfg: LDMTrainConfig) -> None:
     )
     for i, width in enumerate(model.block_out_channels):
         _require(
-            width > 0 and width % model.norm_num_groups == 0,
-            f"model.block_out_channels[{i}]={width}: must be > 0 and divisible by model.norm_num_groups="
-            f"{model.norm_num_groups}",
-        )
-        _require(
             not model.attention_levels[i] or width % model.attention_head_dim == 0,
             f"model.block_out_channels[{i}]={width}: an attention level needs a multiple of "
             f"model.attention_head_dim={model.attention_head_dim}",
         )
-    _require(model.layers_per_block >= 1, f"model.layers_per_block={model.layers_per_block}: must be >= 1")
     _require(
-        model.attention_head_dim >= 1, f"model.attention_head_dim={model.attention_head_dim}: must be >= 1"
-    )
-    _require(0 <= model.dropout < 1, f"model.dropout={model.dropout}: must be in [0, 1)")
-    _require(
-        diffusion.num_train_timesteps >= 2,
-        f"diffusion.num_train_timesteps={diffusion.num_train_timesteps}: must be >= 2",
-    )
-    _require(
-        0 < diffusion.beta_start < diffusion.beta_end < 1,
-        f"diffusion.beta_start={diffusion.beta_start}, beta_end={diffusion.beta_end}: need 0 < start < end "
-        "< 1",
-    )
-    _require(diffusion.min_snr_gamma >= 0, f"diffusion.min_snr_gamma={diffusion.min_snr_gamma}: must be >= 0")
-    _require(
-        0 <= diffusion.label_dropout < 1,
-        f"diffusion.label_dropout={diffusion.label_dropout}: must be in [0, 1)",
+        diffusion.beta_start < diffusion.beta_end,
+        f"diffusion.beta_start={diffusion.beta_start}, beta_end={diffusion.beta_end}: need start < end",
     )
     _require(
         not (sample.guidance_scale != 1 and (not model.class_conditional or diffusion.label_dropout == 0)),
         f"sample.guidance_scale={sample.guidance_scale}: classifier-free guidance needs "
         "model.class_conditional=true and diffusion.label_dropout > 0; use 1.0",
     )
-    _require(
-        sample.num_inference_steps >= 1,
-        f"sample.num_inference_steps={sample.num_inference_steps}: must be >= 1",
-    )
-    _require(sample.per_class >= 1, f"sample.per_class={sample.per_class}: must be >= 1")
-    validate_optim(cfg.optim)
-    validate_train(cfg.train)
+    check_optim(cfg.optim)

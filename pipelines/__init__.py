@@ -1,3 +1,3 @@
-from pipelines.latent_diffusion import LatentDiffusionPipeline
+from ldm_vae.pipelines.latent_diffusion import LatentDiffusionPipeline
 
 __all__ = ["LatentDiffusionPipeline"]

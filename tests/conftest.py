@@ -8,13 +8,13 @@ import pytest
 import torch
 from accelerate.state import AcceleratorState, GradientState
 from diffusers import AutoencoderKL, UNet2DModel, VQModel
+from ldm_vae.train.autoencoder import build_models
+from ldm_vae.training.checkpoints import list_checkpoints
 from safetensors.torch import load_file
 from torch import nn
 
 from ldm_vae.config import AutoencoderTrainConfig, load_config
 from ldm_vae.models import build_autoencoder_kl
-from train.autoencoder import build_models
-from train.checkpoints import list_checkpoints
 
 # kl-tiny at 16 px on 64 built-in images: a full train -> checkpoint -> export -> report in seconds.
 TINY_OVERRIDES = [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from train.cli import main
+from ldm_vae.train.cli import main
 
 # The chain at toy size: 16 px shapes, a few steps per stage; the figures are meaningless, the plumbing real.
 TOY = [

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import TINY_OVERRIDES, TINY_VQ_OVERRIDES, assert_same_training, tiny_config
-
-from train.autoencoder import train
+from ldm_vae.train.autoencoder import train
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -26,7 +25,7 @@ def test_torchrun_two_processes_stay_in_sync_and_match_one_process(tmp_path, kin
         *(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"),
         *(
             "-m",
-            "train.autoencoder",
+            "ldm_vae.train.autoencoder",
             preset,
             *tiny,
             *gan,

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from ldm_vae.train.cli import main
 from safetensors.torch import load_file
 
 from ldm_vae.config import AutoencoderTrainConfig, load_config
 from ldm_vae.data import ShapesDataset
 from ldm_vae.models import build_vqmodel, export_vqmodel
-from train.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -173,7 +173,7 @@ def run_encode(model: Path, out: Path, processes: int = 1) -> subprocess.Popen:
     launcher = [sys.executable]
     if processes > 1:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    command = [*launcher, "-m", "train.encode", *encode_args(model, out)[1:]]
+    command = [*launcher, "-m", "ldm_vae.train.encode", *encode_args(model, out)[1:]]
     return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 

@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import json
 
+import ldm_vae.train.evaluate
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import RandomFeatures, tiny_vae
 from diffusers import DDPMScheduler, UNet2DModel
+from ldm_vae.pipelines import LatentDiffusionPipeline
+from ldm_vae.train.cli import main
 from torch import nn
 from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-import train.evaluate
 from ldm_vae.data import build_dataset
 from ldm_vae.errors import ConfigError
 from ldm_vae.losses.perceptual import LPIPS
 from ldm_vae.metrics import sharpness
 from ldm_vae.metrics.fid import FrechetDistance, load_inception, sample_fid, to_uint8
-from pipelines import LatentDiffusionPipeline
-from train.cli import main
 
 
 class ChannelMeans(nn.Module):
@@ -238,7 +238,7 @@ def test_eval_ae_with_random_weights_reports_lpips_and_rfid(tmp_path, monkeypatc
         loaded_from.append(path)
         return RandomFeatures()
 
-    monkeypatch.setattr(train.evaluate, "load_inception", fake_load_inception)
+    monkeypatch.setattr(ldm_vae.train.evaluate, "load_inception", fake_load_inception)
     args = _eval_args(
         model_dir,
         "--inception=inception.pth",

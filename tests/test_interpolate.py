@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import tiny_vae
 from diffusers import AutoencoderKL
+from ldm_vae.train.cli import main
 from PIL import Image
 
 from ldm_vae.errors import ConfigError
@@ -17,7 +18,6 @@ from ldm_vae.losses import LPIPS
 from ldm_vae.metrics.latent import active_channels, collapse_warning, latent_moments
 from ldm_vae.viz.interpolate import interpolate_pair, lerp, path_smoothness, pixel_rms, slerp
 from ldm_vae.viz.prior import prior_samples
-from train.cli import main
 
 
 @pytest.fixture(autouse=True)

@@ -12,9 +12,9 @@ from diffusers import (
     DPMSolverMultistepScheduler,
     VQModel,
 )
+from ldm_vae.pipelines import LatentDiffusionPipeline
 
 from ldm_vae.errors import ConfigError
-from pipelines import LatentDiffusionPipeline
 
 
 def shifted_tiny_vae(kind: str) -> AutoencoderKL | VQModel:

@@ -6,8 +6,7 @@ import shlex
 from pathlib import Path
 
 import pytest
-
-from train.cli import main
+from ldm_vae.train.cli import main
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 EXAMPLES = [

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 
+import ldm_vae.train.sample
 import pytest
 from conftest import RandomFeatures, tiny_unet, tiny_vae
 from diffusers import DDPMScheduler
+from ldm_vae.pipelines import LatentDiffusionPipeline
+from ldm_vae.train.cli import main
 from PIL import Image
-
-import train.sample
-from pipelines import LatentDiffusionPipeline
-from train.cli import main
 
 CLASSES = ["circle", "square", "triangle"]
 
@@ -57,7 +56,7 @@ def test_sample_fid_uses_the_given_inception_file_or_names_it(pipeline_dir, tmp_
     assert main(sample_args(pipeline_dir, tmp_path / "a.png", *fid_args, "--inception", str(missing))) == 2
     assert f"--inception (needed by sample FID): file not found: {missing}" in capsys.readouterr().err
 
-    monkeypatch.setattr(train.sample, "load_inception", lambda path, key, needed_by: RandomFeatures())
+    monkeypatch.setattr(ldm_vae.train.sample, "load_inception", lambda path, key, needed_by: RandomFeatures())
     assert main(sample_args(pipeline_dir, tmp_path / "b.png", *fid_args, "--inception", "any.pth")) == 0
     result = json.loads((tmp_path / "b.fid.json").read_text())
     assert result["data"] == "builtin:shapes" and result["fid"] >= 0

@@ -15,14 +15,15 @@ import torch
 from accelerate import Accelerator
 from conftest import TINY_OVERRIDES, assert_same_training, tiny_config
 from diffusers import AutoencoderKL
+from ldm_vae.train.autoencoder import discriminator_loss, generator_loss, train
+from ldm_vae.training.checkpoints import list_checkpoints
+from ldm_vae.train.cli import export_run
 from safetensors.torch import load_file
 
 from ldm_vae.data import ShapesDataset
 from ldm_vae.errors import ConfigError, TrainingDiverged
 from ldm_vae.losses import PatchDiscriminator
 from ldm_vae.models import KLTrainingModule, build_autoencoder_kl, latent_shape
-from train.autoencoder import discriminator_loss, export_checkpoint, generator_loss, train
-from train.checkpoints import list_checkpoints
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -102,7 +103,7 @@ def test_train_exports_a_diffusers_folder_that_reloads_exactly(tmp_path):
 
     # Independently: the EMA weights of the last checkpoint, in a model built from our config, give the
     # same bits as the exported folder.
-    session_metrics = export_checkpoint(str(run_dir))
+    session_metrics = export_run(str(run_dir), "latest")
     reference = build_autoencoder_kl(cfg.model, 16).eval()
     reference.load_state_dict(AutoencoderKL.from_pretrained(run_dir / "export").state_dict())
     images = fixed_batch(cfg)
@@ -133,7 +134,7 @@ def test_resume_after_ctrl_c_ends_with_the_weights_of_an_uninterrupted_run(tmp_p
     command = [
         sys.executable,
         "-m",
-        "train.autoencoder",
+        "ldm_vae.train.autoencoder",
         "kl-tiny",
         *TINY_OVERRIDES,
         *steps,
@@ -221,7 +222,7 @@ def test_init_from_a_diffusers_folder_and_train_the_decoder_only(tmp_path):
 
 
 def test_init_from_a_missing_folder_is_a_clear_error(tmp_path, capsys):
-    from train.cli import main
+    from ldm_vae.train.cli import main
 
     code = main(
         ["train-ae", "kl-tiny", f"run_dir={tmp_path / 'run'}", f"model.init_from={tmp_path / 'nope'}"]

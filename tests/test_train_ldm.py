@@ -15,6 +15,10 @@ import pytest
 import torch
 from conftest import assert_trained_alike
 from diffusers import AutoencoderKL
+from ldm_vae.pipelines import LatentDiffusionPipeline
+from ldm_vae.training.checkpoints import list_checkpoints
+from ldm_vae.train.cli import main
+from ldm_vae.train.ldm import diffusion_draws, load_decoder, train
 from safetensors.torch import load_file
 
 from ldm_vae.config import AutoencoderTrainConfig, LDMTrainConfig, load_config
@@ -23,10 +27,6 @@ from ldm_vae.errors import ConfigError, TrainingDiverged
 from ldm_vae.latents import LatentDataset
 from ldm_vae.losses import diffusion_loss, min_snr_weight
 from ldm_vae.models import build_autoencoder_kl, build_noise_scheduler, build_unet
-from pipelines import LatentDiffusionPipeline
-from train.checkpoints import list_checkpoints
-from train.cli import main
-from train.ldm import diffusion_draws, load_decoder, train
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -149,7 +149,8 @@ def test_torchrun_two_processes_match_one_process(store, tmp_path):
     two = tmp_path / "two"
     command = [
         *(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"),
-        *("-m", "train.ldm", "ldm-tiny", *LDM_TINY_OVERRIDES, "train.batch_size=2", "train.max_steps=4"),
+        *("-m", "ldm_vae.train.ldm", "ldm-tiny", *LDM_TINY_OVERRIDES),
+        *("train.batch_size=2", "train.max_steps=4"),
         *(f"data.latents={store}", f"run_dir={two}"),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -1,6 +1,7 @@
 """Train a KL autoencoder, LDM's first stage, with accelerate: `ldm-vae train-ae CONFIG [key=value ...]`.
 
-Also runs as `python -m train.autoencoder CONFIG [key=value ...]` under torchrun or accelerate launch.
+Also runs as `python -m ldm_vae.train.autoencoder CONFIG [key=value ...]` under torchrun or accelerate
+launch.
 Setup functions come first; `train()` holds the whole loop, one optimizer step top to bottom.
 """
 
@@ -15,13 +16,7 @@ from accelerate import Accelerator
 from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader, Dataset
 
-from ldm_vae.config import (
-    AutoencoderTrainConfig,
-    LossConfig,
-    load_config,
-    save_config,
-    validate_autoencoder_config,
-)
+from ldm_vae.config import AutoencoderTrainConfig, LossConfig, save_config
 from ldm_vae.data import RandomFlipView, build_dataset, train_held_out_split
 from ldm_vae.data.sampler import StreamSampler
 from ldm_vae.errors import ConfigError
@@ -44,26 +39,13 @@ from ldm_vae.models import (
     downsampling_factor_of,
     latent_shape,
 )
+from ldm_vae.seeds import position_normals
+from ldm_vae.training.accelerator import build_accelerator, ignore_interrupts_in_worker, memory_format
+from ldm_vae.training.autoencoder_report import export_and_report, finish_run
+from ldm_vae.training.checkpoints import resume_point
+from ldm_vae.training.run import TrainingRun, start_run
+from ldm_vae.training.schedule import lr_at, set_lr
 from ldm_vae.viz import reconstruction_grid
-from train.checkpoints import (
-    CheckpointManager,
-    Progress,
-    check_resume_batch,
-    end_step,
-    resolve_resume,
-    resume_point,
-)
-from train.report import export_and_report, finish_run
-from train.runtime import (
-    StopRequest,
-    agree_on_step,
-    build_accelerator,
-    ignore_interrupts_in_worker,
-    lr_at,
-    position_noise,
-    set_lr,
-)
-from train.tracking import RunningMeans, RunTracker
 
 # ---------------------------------------------------------------------------------------------------
 # Setup
@@ -107,6 +89,7 @@ def build_optimizer(params: list[torch.nn.Parameter], cfg: AutoencoderTrainConfi
         lr=cfg.optim.lr,
         betas=tuple(cfg.optim.adam_betas),
         weight_decay=cfg.optim.weight_decay,
+        eps=cfg.optim.adam_eps,
     )
 
 
@@ -216,27 +199,20 @@ def ema_reconstruction(vae: torch.nn.Module, ema: EMAModel, images: torch.Tensor
 
 @dataclass
 class Session:
-    """Everything `train` and `export_checkpoint` build, prepared and registered for checkpointing."""
+    """What `train` and `export_checkpoint` build: the data, the frozen LPIPS and the prepared run."""
 
-    accelerator: Accelerator
     dataset: Dataset
     train_indices: list[int]
     held_out_indices: list[int]
     lpips: LPIPS | None
-    ae: torch.nn.Module  # prepared KLTrainingModule
-    disc: torch.nn.Module | None  # prepared PatchDiscriminator
-    optimizers: list[torch.optim.Optimizer]  # [ae, disc]
-    ema: EMAModel
-    progress: Progress
-    checkpoints: CheckpointManager
+    run: TrainingRun  # models "ae" (KL/VQTrainingModule) and "discriminator"; its EMA follows the autoencoder
 
 
 def setup(cfg: AutoencoderTrainConfig, for_training: bool = True) -> Session:
-    """Validate, build, prepare; restores the state of `train.resume` when set.
+    """Build and prepare; restores the state of `train.resume` when set.
 
     `for_training=False` (export) skips LPIPS, whose weight files an export does not need.
     """
-    validate_autoencoder_config(cfg)
     run_dir = Path(cfg.run_dir)
     resume_from = resume_point(run_dir, cfg.train.resume)
     accelerator = build_accelerator(
@@ -248,104 +224,71 @@ def setup(cfg: AutoencoderTrainConfig, for_training: bool = True) -> Session:
     lpips = build_lpips(cfg.loss) if for_training else None
     module, disc = build_models(cfg)
 
-    device = accelerator.device
-    memory_format = torch.channels_last if cfg.train.use_channels_last else torch.contiguous_format
-    module.to(device, memory_format=memory_format)
-    ema = EMAModel(module.autoencoder.parameters(), decay=cfg.train.ema_decay)
-    ema.to(device)
-    models, optimizers = [module], [build_optimizer(list(module.parameters()), cfg)]
+    device, layout = accelerator.device, memory_format(cfg.train.use_channels_last)
+    models = {"ae": module.to(device, memory_format=layout)}
+    optimizers = {"ae": build_optimizer(list(module.parameters()), cfg)}
     if disc is not None:
-        disc.to(device, memory_format=memory_format)
-        models.append(disc)
-        optimizers.append(build_optimizer(list(disc.parameters()), cfg))
+        models["discriminator"] = disc.to(device, memory_format=layout)
+        optimizers["discriminator"] = build_optimizer(list(disc.parameters()), cfg)
     if lpips is not None:
         lpips.to(device)  # frozen: never prepared, so DDP does not wrap it
-    prepared = accelerator.prepare(*models, *optimizers)
-    models, optimizers = list(prepared[: len(models)]), list(prepared[len(models) :])
-    ae, disc = models[0], (models[1] if disc is not None else None)
-
-    progress = Progress()
-    accelerator.register_for_checkpointing(progress)
-    accelerator.register_for_checkpointing(ema)
-    names = {"ae": ae, "discriminator": disc} if disc is not None else {"ae": ae}
-    checkpoints = CheckpointManager(accelerator, run_dir, cfg.train.checkpoint_total_limit, names)
-    if resume_from is not None:
-        checkpoints.load(resume_from)
-    global_micro_batch = cfg.train.batch_size * accelerator.num_processes
-    check_resume_batch(progress, global_micro_batch, resume_from)
-    return Session(
+    run = start_run(
         accelerator,
-        dataset,
-        train_indices,
-        held_out_indices,
-        lpips,
-        ae,
-        disc,
+        cfg.train,
+        run_dir,
+        models,
         optimizers,
-        ema,
-        progress,
-        checkpoints,
+        ema_target=module.autoencoder,
+        resume_from=resume_from,
+        grad_clip=cfg.optim.grad_clip,
+        samples_name="images",
+        divergence_advice="lower optim.lr, use bf16 instead of fp16, or raise loss.disc_start_steps",
     )
+    return Session(dataset, train_indices, held_out_indices, lpips, run)
 
 
-def export_checkpoint(run_dir: str, checkpoint: str = "latest") -> dict[str, object]:
-    """`ldm-vae export`: load a checkpoint of a run, export its EMA weights and write the report."""
-    config_path = Path(run_dir) / "config.yaml"
-    if not config_path.is_file():
-        raise ConfigError(f"run_dir={run_dir!r}: no config.yaml; is this a train-ae run folder?")
-    cfg = load_config(AutoencoderTrainConfig, str(config_path), [f"run_dir={run_dir}"])
-    cfg.train.resume = checkpoint
-    if resolve_resume(Path(run_dir), checkpoint) is None:
-        raise ConfigError(f"--checkpoint={checkpoint!r}: {run_dir}/checkpoints holds no checkpoint")
+def export_checkpoint(cfg: AutoencoderTrainConfig) -> dict[str, object]:
+    """`ldm-vae export`: load the checkpoint `cfg.train.resume` names, export its EMA weights, report."""
     session = setup(cfg, for_training=False)
-    vae = session.accelerator.unwrap_model(session.ae).autoencoder
-    session.ema.copy_to(vae.parameters())
-    extra = {**session.progress.state_dict(), "num_processes": session.accelerator.num_processes}
+    run = session.run
+    run.ema.copy_to(run.ema_target.parameters())
+    extra = {**run.progress.state_dict(), "num_processes": run.accelerator.num_processes}
     return export_and_report(
-        cfg, vae, session.dataset, session.train_indices, session.held_out_indices, extra
+        cfg, run.ema_target, session.dataset, session.train_indices, session.held_out_indices, extra
     )
 
 
 def train(cfg: AutoencoderTrainConfig) -> Path:
     """Train, checkpoint, export and report; returns the run folder."""
     session = setup(cfg)
-    run_dir = Path(cfg.run_dir)
-    accelerator, dataset, progress, ema = session.accelerator, session.dataset, session.progress, session.ema
-    ae, disc, optimizers = session.ae, session.disc, session.optimizers
-    opt_g, opt_d = optimizers[0], (optimizers[1] if disc is not None else None)
-    models = [ae] + ([disc] if disc is not None else [])
-    lpips, checkpoints = session.lpips, session.checkpoints
-    train_indices, held_out_indices = session.train_indices, session.held_out_indices
-    rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
-    memory_format = torch.channels_last if cfg.train.use_channels_last else torch.contiguous_format
-    global_micro_batch = cfg.train.batch_size * world
+    run, dataset, lpips = session.run, session.dataset, session.lpips
+    accelerator, progress, run_dir = run.accelerator, run.progress, run.run_dir
+    ae, disc = run.models["ae"], run.models.get("discriminator")
+    opt_g, opt_d = run.optimizers["ae"], run.optimizers.get("discriminator")
+    autoencoder = run.ema_target  # the diffusers model inside the training wrapper
+    device, layout = accelerator.device, memory_format(cfg.train.use_channels_last)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
 
-    loader = build_loader(cfg, accelerator, dataset, train_indices, progress.samples_seen)
-    batches = iter(loader)
-    tracker = RunTracker(accelerator, run_dir, cfg.train.max_steps, progress.step)
-    tracker.info(
-        f"{'resuming' if progress.step else 'starting'} at step {progress.step}: "
-        f"{len(train_indices)} train / {len(held_out_indices)} held-out images, {world} process(es), "
-        f"global batch {global_micro_batch * cfg.train.grad_accum_steps}"
-    )
-    if getattr(dataset, "skipped", None):
-        tracker.info(dataset.skip_report())
-    if accelerator.is_main_process:  # only the main process logs reconstruction grids
-        fixed_images = torch.stack([dataset[i][0] for i in held_out_indices[: cfg.export.report_samples]])
-
-    autoencoder = accelerator.unwrap_model(ae).autoencoder  # the diffusers model inside the wrapper
+    batches = iter(build_loader(cfg, accelerator, dataset, session.train_indices, progress.samples_seen))
     noise_shape = latent_shape(autoencoder, cfg.data.resolution_px)  # (c, h, w)
     last_layer = autoencoder.decoder.conv_out.weight
-    uses_noise = cfg.model.kind == "kl"
     disc_train_start = max(0, cfg.loss.disc_start_steps - cfg.loss.disc_warmup_steps)
-    stop = StopRequest()
-    running = RunningMeans()  # over micro-batches since the last log
-    grad_norms: dict[str, torch.Tensor] = {}
     last_active: int | None = None  # active latent channels at the last log, for collapse_warning
-    try:
+    with run.tracking() as tracker:
+        tracker.info(
+            f"{'resuming' if progress.step else 'starting'} at step {progress.step}: "
+            f"{len(session.train_indices)} train / {len(session.held_out_indices)} held-out images, "
+            f"{accelerator.num_processes} process(es), global batch {run.samples_per_step}"
+        )
+        if getattr(dataset, "skipped", None):
+            tracker.info(dataset.skip_report())
+        if accelerator.is_main_process:  # only the main process logs reconstruction grids
+            fixed = torch.stack(
+                [dataset[i][0] for i in session.held_out_indices[: cfg.export.report_samples]]
+            )
+
         while progress.step < cfg.train.max_steps:
             step = progress.step
             set_lr(opt_g, lr_at(step, cfg.optim.lr, cfg.optim, cfg.train.max_steps))
@@ -356,11 +299,13 @@ def train(cfg: AutoencoderTrainConfig) -> Path:
             nonfinite = torch.zeros((), device=device)
             for micro in range(cfg.train.grad_accum_steps):
                 images, _ = next(batches)
-                images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
-                first = progress.samples_seen + micro * global_micro_batch + rank * cfg.train.batch_size
-                positions = range(first, first + len(images))
-                noise = position_noise(positions, noise_shape, cfg.seed).to(device) if uses_noise else None
-                with accelerator.accumulate(*models):
+                images = images.to(device, non_blocking=True).contiguous(memory_format=layout)
+                noise = None
+                if cfg.model.kind == "kl":  # the posterior draw of each sample, keyed by stream position
+                    first = run.first_position(micro)
+                    positions = range(first, first + len(images))
+                    noise = position_normals(cfg.seed, "ae_noise", positions, noise_shape).to(device)
+                with accelerator.accumulate(ae, *([disc] if disc is not None else [])):
                     out = ae(images, noise)  # through the DDP wrapper: gradients all-reduce
                     g_loss, logs = generator_loss(
                         accelerator, out, images, disc if gan_enters else None, last_layer, lpips, cfg
@@ -373,37 +318,13 @@ def train(cfg: AutoencoderTrainConfig) -> Path:
                         nonfinite += ~torch.isfinite(d_loss.detach())
                         logs.update(d_logs)
                 for key, value in logs.items():
-                    running.add(key, value)
-            assert accelerator.sync_gradients, "the last micro-batch of a step must synchronise gradients"
+                    run.running.add(key, value)
 
-            bad_step, stop_now = agree_on_step(accelerator, nonfinite, stop.requested)
-            clip = cfg.optim.grad_clip or float("inf")
-            if not bad_step:
-                grad_norms["train/grad_norm_ae"] = accelerator.clip_grad_norm_(ae.parameters(), clip)
-                opt_g.step()  # clip then step, one optimizer at a time (fp16: each unscales once)
-                if disc_trains:
-                    grad_norms["train/grad_norm_disc"] = accelerator.clip_grad_norm_(disc.parameters(), clip)
-                    opt_d.step()
-                ema.step(autoencoder.parameters())
-            for optimizer in optimizers:
-                optimizer.zero_grad(set_to_none=True)
-            end_step(
-                progress,
-                global_micro_batch * cfg.train.grad_accum_steps,
-                bad_step,
-                tracker,
-                cfg.train.max_nonfinite_steps,
-                "lower optim.lr, use bf16 instead of fp16, or raise loss.disc_start_steps",
-            )
+            updates = {"ae": (ae, opt_g)} | ({"disc": (disc, opt_d)} if disc_trains else {})
+            stop_now = run.optimizer_step(nonfinite, updates)
 
-            if progress.step % cfg.train.log_every_steps == 0 or progress.step == cfg.train.max_steps:
-                scalars = running.pop_means()
-                scalars.update({key: value.item() for key, value in grad_norms.items()})  # last step
-                scalars["train/lr"] = opt_g.param_groups[0]["lr"]
-                scalars["train/images_per_sec"] = tracker.samples_per_second(
-                    progress.step, global_micro_batch * cfg.train.grad_accum_steps
-                )
-                scalars["train/nonfinite_steps"] = progress.nonfinite_steps
+            if run.log_due():
+                scalars: dict[str, float] = {}
                 if "logvar" in out:
                     kl = kl_per_channel(out["mean"].detach(), out["logvar"].detach())
                     scalars.update({f"latent/kl_channel_{c}": value.item() for c, value in enumerate(kl)})
@@ -417,30 +338,20 @@ def train(cfg: AutoencoderTrainConfig) -> Path:
                 else:
                     scalars["codebook/dead_codes"] = autoencoder.quantize.dead_codes()
                     scalars["codebook/restarted_codes"] = autoencoder.quantize.last_restarts  # last step
-                tracker.scalars(progress.step, scalars)
-                tracker.postfix(scalars["train/loss"])
-            if (
-                progress.healthy
-                and accelerator.is_main_process
-                and progress.step % cfg.train.image_every_steps == 0
-            ):
-                reconstruction = ema_reconstruction(autoencoder, ema, fixed_images)
-                grid = reconstruction_grid(fixed_images, reconstruction)
+                run.log(scalars)
+            if run.images_due():
+                grid = reconstruction_grid(fixed, ema_reconstruction(autoencoder, run.ema, fixed))
                 tracker.image("val/reconstructions_ema", grid, progress.step)
-            checkpoints.save_if_due(progress, cfg.train.checkpoint_every_steps, stop_now, tracker)
-        if progress.step % cfg.train.checkpoint_every_steps:
-            checkpoints.save(progress)
-    finally:
-        stop.restore()
-        tracker.close()
+            run.checkpoint_if_due(stop_now)
 
-    finish_run(cfg, accelerator, models, ema, dataset, train_indices, held_out_indices, progress, tracker)
+    finish_run(cfg, run, dataset, session.train_indices, session.held_out_indices)
     accelerator.end_training()
     return run_dir
 
 
 def main(argv: list[str] | None = None) -> int:
-    from train.cli import main as cli_main
+    """`torchrun -m ldm_vae.train.autoencoder CONFIG [key=value ...]`: the CLI's train-ae."""
+    from ldm_vae.train.cli import main as cli_main
 
     return cli_main(["train-ae", *(sys.argv[1:] if argv is None else argv)])
 

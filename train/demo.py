@@ -16,24 +16,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from ldm_vae.pipelines.sampling import load_pipeline, score_pipeline
 
 from ldm_vae.config import AutoencoderTrainConfig, LDMTrainConfig, load_config
-from ldm_vae.data import build_dataset, stack_items, train_held_out_split
 from ldm_vae.errors import ConfigError
-from ldm_vae.metrics.classifier import SampleClassifier, accuracy, frechet_distance, train_classifier
-from pipelines import LatentDiffusionPipeline
-from train.sample import load_pipeline, sample_by_class
+from ldm_vae.metrics.judge import CLASSIFIER_STEPS, train_judge
+from ldm_vae.training.stages import run_stage
 
-CLASSIFIER_TRAIN_IMAGES = 4096  # real training images the judging classifier sees
-CLASSIFIER_STEPS = 400
 SAMPLES_PER_CLASS = 32  # class-conditional samples scored per class
 
 
@@ -56,75 +49,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run_stage(name: str, arguments: list[str], log: list[str], done: bool = False) -> float | None:
-    """Run `ldm-vae ARGUMENTS` in a child process unless `done`; returns its wall time. A failing stage
-    stops the demo with the stage's exit code (its own error message is already printed)."""
-    command = [sys.executable, "-m", "train.cli", *arguments]
-    printable = "ldm-vae " + shlex.join(arguments)
-    log.append(printable)
-    if done:
-        print(f"\n=== {name}: finished earlier, skipped ({printable})", flush=True)
-        return None
-    print(f"\n=== {name}: {printable}", flush=True)
-    start = time.perf_counter()
-    completed = subprocess.run(command)
-    if completed.returncode != 0:
-        raise SystemExit(completed.returncode)
-    return time.perf_counter() - start
-
-
-def train_judge(
-    ae_cfg: AutoencoderTrainConfig, classifier_steps: int
-) -> tuple[SampleClassifier, Tensor, dict[str, float]]:
-    """The judging classifier, trained on real training images; the features (n, d) of the held-out real
-    images that samples are compared with; and its own figures: held-out accuracy and the real-vs-real
-    feature Fréchet distance (the floor any sample set can reach)."""
-    dataset = build_dataset(
-        ae_cfg.data.source, ae_cfg.data.resolution_px, ae_cfg.data.builtin_samples, ae_cfg.seed
-    )
-    train_indices, held_out = train_held_out_split(dataset, ae_cfg.data.held_out_samples, ae_cfg.seed)
-    classifier = train_classifier(
-        dataset,
-        train_indices[:CLASSIFIER_TRAIN_IMAGES],
-        len(dataset.classes),
-        steps=classifier_steps,
-        seed=ae_cfg.seed,
-    )
-    real, real_labels = stack_items(dataset, held_out)  # (n, 3, R, R) in [-1, 1], (n,)
-    reference = torch.stack([dataset[i][0] for i in train_indices[-len(held_out) :]])
-    figures = {
-        "classifier_real_held_out_accuracy": accuracy(classifier, real, real_labels),
-        "real_vs_real_frechet": frechet_distance(classifier.features(real), classifier.features(reference)),
-    }
-    with torch.no_grad():
-        return classifier, classifier.features(real), figures  # (n, d) real features, as samples get them
-
-
-@torch.no_grad()
-def score_pipeline(
-    pipe: LatentDiffusionPipeline,
-    classifier: SampleClassifier,
-    real_features: Tensor,
-    ldm_cfg: LDMTrainConfig,
-    per_class: int,
-    seed: int,
-) -> dict[str, dict[str, float]]:
-    """Class accuracy and feature Fréchet distance to the real images of `per_class` samples per class, at
-    guidance 1 (none) and at the config's guidance scale."""
-    scores = {}
-    for guidance in sorted({1.0, ldm_cfg.sample.guidance_scale}):
-        grid = sample_by_class(
-            pipe, per_class, ldm_cfg.sample.num_inference_steps, guidance, seed=seed
-        )  # (classes, per_class, 3, R, R) in [0, 1]
-        samples = grid.flatten(0, 1) * 2 - 1
-        labels = torch.arange(classifier.num_classes).repeat_interleave(per_class)
-        scores[f"guidance_{guidance:g}"] = {
-            "accuracy": accuracy(classifier, samples, labels),
-            "frechet_vs_real": frechet_distance(real_features, classifier.features(samples)),
-        }
-    return scores
-
-
 def score_samples(
     run_dir: Path,
     ae_cfg: AutoencoderTrainConfig,
@@ -139,7 +63,7 @@ def score_samples(
         "classifier_real_held_out_accuracy": figures["classifier_real_held_out_accuracy"],
         "samples_per_class": per_class,
         "real_vs_real_frechet": figures["real_vs_real_frechet"],
-        **score_pipeline(pipe, classifier, real_features, ldm_cfg, per_class, seed=ae_cfg.seed + 1),
+        **score_pipeline(pipe, classifier, real_features, ldm_cfg.sample, per_class, seed=ae_cfg.seed + 1),
     }
 
 
@@ -265,3 +189,8 @@ def demo(args: argparse.Namespace) -> Path:
     write_report(run_dir, figures, commands)
     print(f"\ndemo finished in {seconds['total'] / 60:.1f} min: {run_dir / 'report.md'}")
     return run_dir
+
+
+def run(args: argparse.Namespace) -> int:
+    demo(args)
+    return 0

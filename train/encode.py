@@ -1,8 +1,8 @@
 """Encode a dataset to latents: `ldm-vae encode --model DIR --data SPEC --out DIR [options]`.
 
-Also `python -m train.encode ...` under torchrun / accelerate launch. Every process encodes a contiguous
-range of whole shards (no padding, no duplicates, no gathering through rank 0) and writes them itself,
-atomically; rank 0 writes `manifest.json` when all are done. A rerun with the same arguments keeps the
+Also `python -m ldm_vae.train.encode ...` under torchrun / accelerate launch. Every process encodes a
+contiguous range of whole shards (no padding, no duplicates, no gathering through rank 0) and writes them
+itself, atomically; rank 0 writes `manifest.json` when all are done. A rerun with the same arguments keeps the
 shards whose checksum verifies and encodes the rest. `--verify DIR` re-checks a finished store.
 """
 
@@ -196,8 +196,20 @@ def verify(folder: str) -> list[str]:
     return problems
 
 
+def run(args: argparse.Namespace) -> int:
+    """`ldm-vae encode`: encode, or with --verify check an existing store."""
+    if not args.verify:
+        encode(args)
+        return 0
+    problems = verify(args.verify)
+    for problem in problems:
+        print(f"ldm-vae: verify: {problem}", file=sys.stderr)
+    print(f"{args.verify}: {'FAILED' if problems else 'OK'}")
+    return 1 if problems else 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    from train.cli import main as cli_main
+    from ldm_vae.train.cli import main as cli_main
 
     return cli_main(["encode", *(sys.argv[1:] if argv is None else argv)])
 

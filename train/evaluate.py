@@ -37,7 +37,7 @@ from ldm_vae.metrics.latent import latent_moments
 from ldm_vae.models import downsampling_factor_of, load_autoencoder
 from ldm_vae.models.normalization import latent_shift_and_scale
 from ldm_vae.models.quantizer import codebook_usage
-from train.report import PSNR_CAP_DB, encode_decode
+from ldm_vae.training.autoencoder_report import PSNR_CAP_DB, encode_decode
 
 LATENT_STATS_MAX_IMAGES = 4096  # latents kept for the moments and the active channels (memory bound)
 
@@ -278,3 +278,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, object]:
     print(markdown, end="")
     print(f"wrote eval.json and eval.md to {out}")
     return report
+
+
+def run(args: argparse.Namespace) -> int:
+    evaluate(args)
+    return 0

@@ -163,3 +163,8 @@ def interpolate(args: argparse.Namespace) -> Path:
     prior = f"; {args.prior} prior samples" if args.prior else ""
     print(f"{len(pairs)} pairs x {args.frames} frames, mean {distance_name} step: {steps}{prior} -> {out}")
     return out
+
+
+def run(args: argparse.Namespace) -> int:
+    interpolate(args)
+    return 0

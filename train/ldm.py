@@ -1,9 +1,9 @@
 """Train a latent diffusion UNet on a latent store: `ldm-vae train-ldm CONFIG [key=value ...]`.
 
-Also runs as `python -m train.ldm CONFIG [key=value ...]` under torchrun or accelerate launch. The data are
-the latents `ldm-vae encode` wrote, read by stream position (`PositionSeededLatents`), so the posterior
-draws, flips, diffusion noise, timesteps and label drops of every sample depend only on (seed, position):
-N processes equal one process at N times the batch, and a resumed run equals an uninterrupted one.
+Also runs as `python -m ldm_vae.train.ldm CONFIG [key=value ...]` under torchrun or accelerate launch.
+The data are the latents `ldm-vae encode` wrote, read by stream position (`PositionSeededLatents`), so the
+posterior draws, flips, diffusion noise, timesteps and label drops of every sample depend only on (seed,
+position): N processes equal one process at N times the batch, and a resumed run equals an uninterrupted one.
 Setup functions come first; `train()` holds the whole loop, one optimizer step top to bottom.
 """
 
@@ -22,39 +22,33 @@ from diffusers import (
     UNet2DModel,
 )
 from diffusers.training_utils import EMAModel
+from ldm_vae.pipelines import LatentDiffusionPipeline
+from ldm_vae.pipelines.sampling import sample_by_class, with_scheduler
 from torch.utils.data import DataLoader
 from torchvision.utils import make_grid
 
-from ldm_vae.config import LDMTrainConfig, save_config, validate_ldm_config
-from ldm_vae.data.sampler import DIFFUSION_STREAM, StreamSampler, position_generator
+from ldm_vae.config import LDMTrainConfig, save_config
+from ldm_vae.data.sampler import StreamSampler
 from ldm_vae.errors import ConfigError
 from ldm_vae.latents import LatentDataset, PositionSeededLatents
 from ldm_vae.latents.writer import autoencoder_identity
 from ldm_vae.losses import diffusion_loss
 from ldm_vae.models import build_noise_scheduler, build_unet, load_autoencoder
 from ldm_vae.models.normalization import set_latent_normalization
+from ldm_vae.seeds import torch_generator
+from ldm_vae.training.accelerator import build_accelerator, ignore_interrupts_in_worker, memory_format
+from ldm_vae.training.checkpoints import resume_point
+from ldm_vae.training.run import TrainingRun, start_run
+from ldm_vae.training.schedule import lr_at, set_lr
+from ldm_vae.training.tracking import read_stats
 from ldm_vae.viz import save_class_grid, save_loss_curves
-from pipelines import LatentDiffusionPipeline
-from train.checkpoints import (
-    CheckpointManager,
-    Progress,
-    check_resume_batch,
-    end_step,
-    resume_point,
-)
-from train.runtime import (
-    StopRequest,
-    agree_on_step,
-    build_accelerator,
-    ignore_interrupts_in_worker,
-    lr_at,
-    set_lr,
-)
-from train.sample import sample_by_class, with_scheduler
-from train.tracking import RunningMeans, RunTracker, read_stats
 
 TIMESTEP_BINS = 4  # the loss is also logged per quarter of [0, T): where the model is still learning
-LOSS_CURVE_KEYS = ["train/loss", *(f"train/loss_t{i}" for i in range(TIMESTEP_BINS)), "train/grad_norm"]
+LOSS_CURVE_KEYS = [
+    "train/loss",
+    *(f"train/loss_t{i}" for i in range(TIMESTEP_BINS)),
+    "train/grad_norm_unet",
+]
 
 # ---------------------------------------------------------------------------------------------------
 # Setup
@@ -140,12 +134,12 @@ def diffusion_draws(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(noise (b, *shape), timesteps (b,), drop_label (b,) bool), drawn per stream position.
 
-    From their own stream (`DIFFUSION_STREAM`), so they are independent of the posterior draw of the
-    same position, and identical for any process count, accumulation or resume point.
+    From their own stream (`diffusion`), so they are independent of the posterior draw of the same
+    position, and identical for any process count, accumulation or resume point.
     """
     noise, timesteps, drops = [], [], []
     for position in positions:
-        generator = position_generator(seed, position, DIFFUSION_STREAM)
+        generator = torch_generator(seed, "diffusion", position)
         timesteps.append(torch.randint(0, num_train_timesteps, (), generator=generator))
         drops.append(torch.rand((), generator=generator) < label_dropout)
         noise.append(torch.randn(shape, generator=generator))
@@ -192,20 +186,14 @@ def ema_samples(pipe: LatentDiffusionPipeline, ema: EMAModel, cfg: LDMTrainConfi
 
 @dataclass
 class Session:
-    accelerator: Accelerator
     store: LatentDataset
-    unet: torch.nn.Module  # prepared UNet2DModel
     vae: ModelMixin  # the store's autoencoder, its config holding the store's normalization
-    optimizer: torch.optim.Optimizer
-    ema: EMAModel
     noise_scheduler: DDPMScheduler
-    progress: Progress
-    checkpoints: CheckpointManager
+    run: TrainingRun  # model "unet"; its EMA follows the UNet
 
 
 def setup(cfg: LDMTrainConfig) -> Session:
-    """Validate (config, then config against the store), build, prepare; restore `train.resume` if set."""
-    validate_ldm_config(cfg)
+    """Check the config against the store, build, prepare; restore `train.resume` if set."""
     run_dir = Path(cfg.run_dir)
     resume_from = resume_point(run_dir, cfg.train.resume)
     store = open_store(cfg)
@@ -215,72 +203,60 @@ def setup(cfg: LDMTrainConfig) -> Session:
     )
     torch.manual_seed(cfg.seed)  # weight init: the same on every process
     unet = build_unet(cfg.model, store.latent_shape, store.num_classes)
-    memory_format = torch.channels_last if cfg.train.use_channels_last else torch.contiguous_format
-    unet.to(accelerator.device, memory_format=memory_format)
-    ema = EMAModel(unet.parameters(), decay=cfg.train.ema_decay)
-    ema.to(accelerator.device)
+    unet.to(accelerator.device, memory_format=memory_format(cfg.train.use_channels_last))
     optimizer = torch.optim.AdamW(
         unet.parameters(),
         lr=cfg.optim.lr,
         betas=tuple(cfg.optim.adam_betas),
         weight_decay=cfg.optim.weight_decay,
+        eps=cfg.optim.adam_eps,
     )
-    unet, optimizer = accelerator.prepare(unet, optimizer)
-
-    progress = Progress()
-    accelerator.register_for_checkpointing(progress)
-    accelerator.register_for_checkpointing(ema)
-    checkpoints = CheckpointManager(accelerator, run_dir, cfg.train.checkpoint_total_limit, {"unet": unet})
-    if resume_from is not None:
-        checkpoints.load(resume_from)
-    global_micro_batch = cfg.train.batch_size * accelerator.num_processes
-    check_resume_batch(progress, global_micro_batch, resume_from)
-    noise_scheduler = build_noise_scheduler(cfg.diffusion)
-    return Session(accelerator, store, unet, vae, optimizer, ema, noise_scheduler, progress, checkpoints)
+    run = start_run(
+        accelerator,
+        cfg.train,
+        run_dir,
+        {"unet": unet},
+        {"unet": optimizer},
+        ema_target=unet,
+        resume_from=resume_from,
+        grad_clip=cfg.optim.grad_clip,
+        samples_name="latents",
+        divergence_advice="lower optim.lr or use bf16 instead of fp16",
+    )
+    return Session(store, vae, build_noise_scheduler(cfg.diffusion), run)
 
 
 def train(cfg: LDMTrainConfig) -> Path:
     """Train, checkpoint, export the pipeline and report; returns the run folder."""
     session = setup(cfg)
-    run_dir = Path(cfg.run_dir)
-    accelerator, store, progress, ema = session.accelerator, session.store, session.progress, session.ema
-    unet, optimizer, noise_scheduler = session.unet, session.optimizer, session.noise_scheduler
-    checkpoints = session.checkpoints
-    rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
-    memory_format = torch.channels_last if cfg.train.use_channels_last else torch.contiguous_format
-    global_micro_batch = cfg.train.batch_size * world
+    run, store, noise_scheduler = session.run, session.store, session.noise_scheduler
+    accelerator, progress, run_dir = run.accelerator, run.progress, run.run_dir
+    unet, optimizer, raw_unet = run.models["unet"], run.optimizers["unet"], run.ema_target
+    device, layout = accelerator.device, memory_format(cfg.train.use_channels_last)
     null_class = store.num_classes  # build_unet reserves the id after the last class
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
-
-    loader = build_loader(cfg, accelerator, store, progress.samples_seen)
-    batches = iter(loader)
-    tracker = RunTracker(accelerator, run_dir, cfg.train.max_steps, progress.step)
-    tracker.info(
-        f"{'resuming' if progress.step else 'starting'} at step {progress.step}: {len(store)} latents "
-        f"{list(store.latent_shape)} ({store.kind}, {cfg.data.normalization}), {store.num_classes} classes, "
-        f"{world} process(es), global batch {global_micro_batch * cfg.train.grad_accum_steps}, "
-        f"{sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M UNet parameters"
-    )
-    raw_unet = accelerator.unwrap_model(unet)
-    if accelerator.is_main_process:  # only the main process samples grids, with the decoder on its device
+        # only the main process samples grids, with the decoder on its device
         pipe = sampling_pipeline(cfg, raw_unet, session.vae.to(device), noise_scheduler, store.classes)
     # add_noise indexes alphas_cumprod by timestep every step: keep it on the device once
     noise_scheduler.alphas_cumprod = noise_scheduler.alphas_cumprod.to(device)
 
-    stop = StopRequest()
-    running = RunningMeans()  # over micro-batches since the last log
-    grad_norm = torch.zeros(())
-    try:
+    batches = iter(build_loader(cfg, accelerator, store, progress.samples_seen))
+    with run.tracking() as tracker:
+        tracker.info(
+            f"{'resuming' if progress.step else 'starting'} at step {progress.step}: {len(store)} latents "
+            f"{list(store.latent_shape)} ({store.kind}, {cfg.data.normalization}), {store.num_classes} "
+            f"classes, {accelerator.num_processes} process(es), global batch {run.samples_per_step}, "
+            f"{sum(p.numel() for p in raw_unet.parameters()) / 1e6:.2f}M UNet parameters"
+        )
         while progress.step < cfg.train.max_steps:
-            step = progress.step
-            set_lr(optimizer, lr_at(step, cfg.optim.lr, cfg.optim, cfg.train.max_steps))
+            set_lr(optimizer, lr_at(progress.step, cfg.optim.lr, cfg.optim, cfg.train.max_steps))
             nonfinite = torch.zeros((), device=device)
             for micro in range(cfg.train.grad_accum_steps):
                 latents, labels = next(batches)
-                latents = latents.to(device, non_blocking=True).contiguous(memory_format=memory_format)
-                first = progress.samples_seen + micro * global_micro_batch + rank * cfg.train.batch_size
+                latents = latents.to(device, non_blocking=True).contiguous(memory_format=layout)
+                first = run.first_position(micro)
                 noise, timesteps, drop = diffusion_draws(
                     range(first, first + len(latents)),
                     store.latent_shape,
@@ -288,7 +264,7 @@ def train(cfg: LDMTrainConfig) -> Path:
                     cfg.diffusion.label_dropout,
                     cfg.seed,
                 )
-                noise = noise.to(device).contiguous(memory_format=memory_format)
+                noise = noise.to(device).contiguous(memory_format=layout)
                 timesteps = timesteps.to(device)
                 class_labels = None
                 if cfg.model.class_conditional:  # dropped labels become the null class (CFG)
@@ -305,70 +281,45 @@ def train(cfg: LDMTrainConfig) -> Path:
                     )
                     accelerator.backward(loss)
                 nonfinite += ~torch.isfinite(loss.detach())
-                running.add("train/loss", loss.detach())
+                run.running.add("train/loss", loss.detach())
                 bins = (timesteps * TIMESTEP_BINS) // cfg.diffusion.num_train_timesteps  # (b,) in [0, bins)
                 for b in range(TIMESTEP_BINS):
                     in_bin = bins == b
-                    running.add(f"train/loss_t{b}", per_sample[in_bin].sum(), in_bin.sum())
-            assert accelerator.sync_gradients, "the last micro-batch of a step must synchronise gradients"
+                    run.running.add(f"train/loss_t{b}", per_sample[in_bin].sum(), in_bin.sum())
 
-            bad_step, stop_now = agree_on_step(accelerator, nonfinite, stop.requested)
-            if not bad_step:
-                grad_norm = accelerator.clip_grad_norm_(
-                    unet.parameters(), cfg.optim.grad_clip or float("inf")
-                )
-                optimizer.step()
-                ema.step(raw_unet.parameters())
-            optimizer.zero_grad(set_to_none=True)
-            end_step(
-                progress,
-                global_micro_batch * cfg.train.grad_accum_steps,
-                bad_step,
-                tracker,
-                cfg.train.max_nonfinite_steps,
-                "lower optim.lr or use bf16 instead of fp16",
-            )
+            stop_now = run.optimizer_step(nonfinite, {"unet": (unet, optimizer)})
 
-            if progress.step % cfg.train.log_every_steps == 0 or progress.step == cfg.train.max_steps:
-                scalars = running.pop_means()
-                scalars["train/grad_norm"] = float(grad_norm)  # of the last step
-                scalars["train/lr"] = optimizer.param_groups[0]["lr"]
-                scalars["train/latents_per_sec"] = tracker.samples_per_second(
-                    progress.step, global_micro_batch * cfg.train.grad_accum_steps
-                )
-                scalars["train/nonfinite_steps"] = progress.nonfinite_steps
-                tracker.scalars(progress.step, scalars)
-                tracker.postfix(scalars["train/loss"])
-            if (
-                progress.healthy
-                and accelerator.is_main_process
-                and progress.step % cfg.train.image_every_steps == 0
-            ):
-                samples = ema_samples(pipe, ema, cfg)  # (rows, per_class, 3, H, W)
+            if run.log_due():
+                run.log({})
+            if run.images_due():
+                samples = ema_samples(pipe, run.ema, cfg)  # (rows, per_class, 3, H, W)
                 grid = make_grid(samples.flatten(0, 1), nrow=cfg.sample.per_class)
                 tracker.image("val/samples_ema", grid, progress.step)
-            checkpoints.save_if_due(progress, cfg.train.checkpoint_every_steps, stop_now, tracker)
-        if progress.step % cfg.train.checkpoint_every_steps:
-            checkpoints.save(progress)
-    finally:
-        stop.restore()
-        tracker.close()
+            run.checkpoint_if_due(stop_now)
 
+    extra = run.finish()  # last checkpoint and replica check, on every process
     if accelerator.is_main_process:
-        ema.copy_to(raw_unet.parameters())  # training is over: the export holds the EMA weights
-        export_pipeline(cfg, pipe, progress, world, tracker)
+        run.ema.copy_to(raw_unet.parameters())  # training is over: the export holds the EMA weights
+        export_pipeline(cfg, pipe, extra)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return run_dir
+
+
+def export_checkpoint(cfg: LDMTrainConfig) -> dict[str, object]:
+    """`ldm-vae export`: the pipeline of the checkpoint `cfg.train.resume` names, with its EMA weights."""
+    session = setup(cfg)
+    run = session.run
+    pipe = sampling_pipeline(cfg, run.ema_target, session.vae, session.noise_scheduler, session.store.classes)
+    run.ema.copy_to(run.ema_target.parameters())
+    return export_pipeline(cfg, pipe, {**run.progress.state_dict(), "num_processes": 1})
 
 
 # ---------------------------------------------------------------------------------------------------
 # Export and report
 
 
-def export_pipeline(
-    cfg: LDMTrainConfig, pipe: LatentDiffusionPipeline, progress: Progress, world: int, tracker: RunTracker
-) -> dict[str, object]:
+def export_pipeline(cfg: LDMTrainConfig, pipe: LatentDiffusionPipeline, extra: dict) -> dict[str, object]:
     """Save the pipeline, check that the saved copy samples identically, write samples.png and report.json."""
     run_dir = Path(cfg.run_dir)
     pipe.unet.eval()
@@ -389,10 +340,7 @@ def export_pipeline(
     report = {
         "pipeline": str(run_dir / "pipeline"),
         "samples": str(run_dir / "samples.png"),
-        "steps": progress.step,
-        "samples_seen": progress.samples_seen,
-        "nonfinite_steps": progress.nonfinite_steps,
-        "num_processes": world,
+        **extra,
         "final_loss": stats[-1]["train/loss"] if stats else None,
         "latents_per_sec": stats[-1].get("train/latents_per_sec") if stats else None,
         "unet_parameters": sum(p.numel() for p in pipe.unet.parameters()),
@@ -410,15 +358,17 @@ def export_pipeline(
         "reload_max_abs_diff": reload_max_abs_diff,
     }
     (run_dir / "report.json").write_text(json.dumps(report, indent=2))
-    tracker.info(
+    print(
         f"pipeline saved to {run_dir / 'pipeline'} (reload identical: {reload_max_abs_diff == 0}); "
-        f"samples in {run_dir / 'samples.png'}"
+        f"samples in {run_dir / 'samples.png'}",
+        flush=True,
     )
     return report
 
 
 def main(argv: list[str] | None = None) -> int:
-    from train.cli import main as cli_main
+    """`torchrun -m ldm_vae.train.ldm CONFIG [key=value ...]`: the CLI's train-ldm."""
+    from ldm_vae.train.cli import main as cli_main
 
     return cli_main(["train-ldm", *(sys.argv[1:] if argv is None else argv)])
 

@@ -11,63 +11,13 @@ import json
 from pathlib import Path
 
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, SchedulerMixin
+from ldm_vae.pipelines import LatentDiffusionPipeline
+from ldm_vae.pipelines.sampling import SAMPLE_SCHEDULERS, load_pipeline, sample_by_class, with_scheduler
 
 from ldm_vae.data import build_dataset
 from ldm_vae.errors import ConfigError
 from ldm_vae.metrics.fid import default_inception_path, load_inception, sample_fid
 from ldm_vae.viz import save_class_grid
-from pipelines import LatentDiffusionPipeline
-
-SAMPLE_SCHEDULERS: dict[str, type[SchedulerMixin]] = {
-    "ddpm": DDPMScheduler,
-    "ddim": DDIMScheduler,
-    "dpm": DPMSolverMultistepScheduler,
-}
-UNCONDITIONAL_ROWS = 8
-
-
-def with_scheduler(pipe: LatentDiffusionPipeline, name: str) -> LatentDiffusionPipeline:
-    """`pipe` with its scheduler replaced by `name`, keeping the training schedule (betas, prediction)."""
-    pipe.scheduler = SAMPLE_SCHEDULERS[name].from_config(pipe.scheduler.config)
-    return pipe
-
-
-def sample_by_class(
-    pipe: LatentDiffusionPipeline,
-    per_class: int,
-    num_inference_steps: int,
-    guidance_scale: float,
-    seed: int,
-    class_ids: list[int] | None = None,
-    batch_size: int = 64,
-) -> torch.Tensor:
-    """(rows, per_class, 3, H, W) in [0, 1]: a row per class in `class_ids` (default: every class), or
-    8 rows for an unconditional model.
-
-    Batch i draws from its own generator seeded `seed + first index`, so a grid is reproducible.
-    """
-    conditional = pipe.unet.config.num_class_embeds is not None
-    if conditional:
-        rows = class_ids if class_ids is not None else list(range(pipe.unet.config.num_class_embeds - 1))
-    else:
-        rows = list(range(UNCONDITIONAL_ROWS))
-    labels = [row for row in rows for _ in range(per_class)]
-    images = []
-    for start in range(0, len(labels), batch_size):
-        chunk = labels[start : start + batch_size]
-        generator = torch.Generator(pipe.device).manual_seed(seed + start)
-        images.append(
-            pipe(
-                batch_size=len(chunk),
-                class_labels=chunk if conditional else None,
-                num_inference_steps=num_inference_steps,
-                guidance_scale=guidance_scale,
-                generator=generator,
-                output_type="pt",
-            ).images.cpu()
-        )
-    return torch.cat(images).unflatten(0, (len(rows), per_class))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -88,16 +38,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--inception", default=None, help="FID Inception weights (pt_inception-2015-12-05-6726825d.pth)"
     )
-
-
-def load_pipeline(folder: str, key: str = "--pipeline") -> LatentDiffusionPipeline:
-    if not (Path(folder) / "model_index.json").is_file():
-        raise ConfigError(
-            f"{key}={folder!r}: not a saved pipeline (no model_index.json); see train-ldm's run_dir"
-        )
-    pipe = LatentDiffusionPipeline.from_pretrained(folder)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def sample(args: argparse.Namespace) -> Path:
@@ -149,3 +89,8 @@ def report_fid(pipe: LatentDiffusionPipeline, args: argparse.Namespace) -> dict[
     out.write_text(json.dumps({"data": args.fid_data, **result}, indent=2))
     print(f"FID {result['fid']:.2f} over {result['generated_samples']} samples vs {args.fid_data} -> {out}")
     return result
+
+
+def run(args: argparse.Namespace) -> int:
+    sample(args)
+    return 0

@@ -5,15 +5,13 @@ random horizontal flip. The flip is a pure function of (seed, draw) rather than 
 resumed run sees exactly the images an uninterrupted one would, whatever the number of DataLoader workers.
 """
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from ldm_vae.errors import ConfigError
-
-_SEED_MASK = (1 << 64) - 1  # SeedSequence wants non-negative entropy; negative seeds wrap, still distinct
+from ldm_vae.seeds import torch_generator
 
 
 def image_transform(resolution_px: int) -> v2.Compose:
@@ -30,10 +28,8 @@ def image_transform(resolution_px: int) -> v2.Compose:
 
 
 def _is_flipped(seed: int, draw: int, p: float) -> bool:
-    """Whether draw number `draw` is flipped: a fresh generator per (seed, draw), so no hidden RNG state."""
-    entropy = np.random.SeedSequence([seed & _SEED_MASK, draw & _SEED_MASK]).generate_state(1, np.uint64)[0]
-    generator = torch.Generator().manual_seed(int(entropy) & ((1 << 63) - 1))
-    return bool(torch.rand((), generator=generator) < p)
+    """Whether draw number `draw` is flipped: the `flip` stream at that position, so no hidden RNG state."""
+    return bool(torch.rand((), generator=torch_generator(seed, "flip", draw)) < p)
 
 
 class RandomFlipView(Dataset):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset
 
-from ldm_vae.data.sampler import LATENT_READ_STREAM, position_seed
 from ldm_vae.latents.reader import LatentDataset
+from ldm_vae.seeds import derive_seed
 
 
 class PositionSeededLatents(Dataset):
@@ -27,5 +27,5 @@ class PositionSeededLatents(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
         index, position = key
         with torch.random.fork_rng(devices=[]):  # leave the caller's RNG stream untouched
-            torch.manual_seed(position_seed(self.seed, position, LATENT_READ_STREAM))
+            torch.manual_seed(derive_seed(self.seed, "latent_read", position))
             return self.store[index]

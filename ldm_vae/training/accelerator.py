@@ -1,8 +1,7 @@
-"""Pieces every training job shares: the Accelerator, the LR schedule and per-position randomness."""
+"""The Accelerator every job builds, and the signal handling that lets a run checkpoint before it stops."""
 
 from __future__ import annotations
 
-import math
 import signal
 from pathlib import Path
 
@@ -10,8 +9,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
-from ldm_vae.config import OptimConfig
-from ldm_vae.data.sampler import position_generator
 from ldm_vae.errors import ConfigError
 
 
@@ -36,41 +33,6 @@ def build_accelerator(
     )
 
 
-def lr_at(step: int, base_lr: float, optim: OptimConfig, max_steps: int) -> float:
-    """Linear warm-up, then constant or cosine down to min_lr_ratio * lr. A pure function of the step."""
-    if step < optim.warmup_steps:
-        return base_lr * (step + 1) / optim.warmup_steps
-    if optim.schedule == "constant":
-        return base_lr
-    progress = (step - optim.warmup_steps) / max(1, max_steps - optim.warmup_steps)
-    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return base_lr * (optim.min_lr_ratio + (1 - optim.min_lr_ratio) * cosine)
-
-
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-
-
-def position_noise(positions: range, shape: tuple[int, ...], seed: int) -> torch.Tensor:
-    """N(0, I) noise of `shape` for each stream position, stacked: (len(positions), *shape).
-
-    Drawing per position (not per batch) makes N processes, gradient accumulation and a bigger batch
-    all see the same noise for the same sample, and a resumed run draw what the uninterrupted one did.
-    """
-    return torch.stack([torch.randn(shape, generator=position_generator(seed, p)) for p in positions])
-
-
-def agree_on_step(
-    accelerator: Accelerator, nonfinite: torch.Tensor, stop_requested: bool
-) -> tuple[bool, bool]:
-    """(skip this step, stop now), decided by one collective for every process: any process with a
-    non-finite loss makes all skip, any process with a stop signal makes all stop."""
-    flags = torch.stack([nonfinite.float(), torch.tensor(float(stop_requested), device=nonfinite.device)])
-    skip, stop = (accelerator.reduce(flags, "sum") > 0).tolist()
-    return skip, stop
-
-
 class StopRequest:
     """SIGINT/SIGTERM set a flag that the loop reads at step boundaries, so it can checkpoint and exit."""
 
@@ -86,6 +48,10 @@ class StopRequest:
     def restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+def memory_format(use_channels_last: bool) -> torch.memory_format:
+    return torch.channels_last if use_channels_last else torch.contiguous_format
 
 
 def ignore_interrupts_in_worker(worker_id: int) -> None:

@@ -2,31 +2,26 @@
 
 The run folder gets `export/` (a diffusers folder), `reconstructions.png` (originals above
 reconstructions), `loss_curves.png` and `metrics.json`. `ldm-vae export` calls `export_and_report` on
-any checkpoint; the training job calls `finish_run`.
+any checkpoint of a train-ae run; the training job calls `finish_run`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import gather_object
 from diffusers import AutoencoderKL, ModelMixin
-from diffusers.training_utils import EMAModel
-from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ldm_vae.config import AutoencoderTrainConfig
 from ldm_vae.metrics import active_channels, bicubic_baseline, kl_per_channel, psnr, ssim
 from ldm_vae.models import downsampling_factor_of, encode_to_codes
+from ldm_vae.models.export import exportable, measure_latent_statistics, save_export, verify_export
 from ldm_vae.models.quantizer import codebook_usage
+from ldm_vae.training.run import TrainingRun
+from ldm_vae.training.tracking import read_stats
 from ldm_vae.viz import save_loss_curves, save_reconstruction_grid
-from train.checkpoints import Progress
-from train.export import exportable, measure_latent_statistics, save_export, verify_export
-from train.tracking import RunTracker, read_stats
 
 PSNR_CAP_DB = 100.0  # identical images have infinite PSNR; capped so averages stay finite
 LOSS_CURVE_KEYS = [
@@ -143,40 +138,18 @@ def export_ok(check: dict[str, object]) -> bool:
     return bool(check["outputs_bit_identical"])
 
 
-def replica_digest(models: list[nn.Module]) -> str:
-    """sha256 of every parameter byte: identical on all processes iff DDP kept the replicas in sync."""
-    digest = hashlib.sha256()
-    for model in models:
-        for tensor in model.state_dict().values():
-            digest.update(tensor.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
 def finish_run(
     cfg: AutoencoderTrainConfig,
-    accelerator: Accelerator,
-    models: list[nn.Module],
-    ema: EMAModel,
+    run: TrainingRun,
     dataset: Dataset,
     train_indices: list[int],
     held_out_indices: list[int],
-    progress: Progress,
-    tracker: RunTracker,
 ) -> None:
-    """On every process; `models` = [ae, disc] as prepared. Only the main process exports and reports."""
-    digests = gather_object([replica_digest([accelerator.unwrap_model(m) for m in models])])  # collective
-    if accelerator.is_main_process:
-        vae = accelerator.unwrap_model(models[0]).autoencoder
-        extra = {
-            "step": progress.step,
-            "samples_seen": progress.samples_seen,
-            "nonfinite_steps": progress.nonfinite_steps,
-            "num_processes": accelerator.num_processes,
-            "replica_digests": digests,
-            "replicas_identical": len(set(digests)) == 1,
-        }
-        if not extra["replicas_identical"]:
-            tracker.info(f"WARNING: processes hold different weights after training: {digests}")
+    """On every process after the loop: last checkpoint and replica check (collective), then the main
+    process exports the EMA weights and writes the report."""
+    extra = run.finish()
+    if run.accelerator.is_main_process:
+        vae, ema, tracker = run.ema_target, run.ema, run.tracker
         ema.store(vae.parameters())
         ema.copy_to(vae.parameters())
         try:
@@ -208,4 +181,4 @@ def finish_run(
                 )
         if not export_ok(metrics["export"]):
             tracker.info(f"WARNING: export check failed: {metrics['export']}")
-    accelerator.wait_for_everyone()
+    run.accelerator.wait_for_everyone()

@@ -16,6 +16,7 @@ from diffusers import AutoencoderKL, ModelMixin, VQModel
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ldm_vae.models.vq_model import export_vqmodel, image_to_indices
+from ldm_vae.seeds import torch_generator
 
 
 def exportable(trained: ModelMixin) -> ModelMixin:
@@ -41,7 +42,7 @@ def measure_latent_statistics(
 ) -> dict[str, float]:
     """Mean and std over every latent element of `indices`, and scaling_factor = 1/std."""
     device = next(model.parameters()).device
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch_generator(seed, "export_statistics")  # the posterior draws of the measurement
     total, total_sq, count = 0.0, 0.0, 0
     for images, _ in DataLoader(Subset(dataset, indices), batch_size=batch_size):
         latents = diffusion_latents(model, images.to(device), generator).double()  # (b, c, h, w)

@@ -18,8 +18,7 @@ from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ldm_vae.errors import ConfigError, TrainingDiverged
-from train.tracking import RunTracker
+from ldm_vae.errors import ConfigError
 
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d{7,})$")
 
@@ -146,36 +145,3 @@ class CheckpointManager:
 
     def load(self, path: Path) -> None:
         self.accelerator.load_state(str(path))
-
-    def save_if_due(self, progress: Progress, every_steps: int, stop_now: bool, tracker: RunTracker) -> None:
-        """Checkpoint every `every_steps` healthy steps; when the run was asked to stop, checkpoint and
-        raise KeyboardInterrupt (every process, after the same step)."""
-        if (progress.healthy and progress.step % every_steps == 0) or stop_now:
-            tracker.info(f"step {progress.step}: checkpoint {self.save(progress)}")
-        if stop_now:
-            tracker.info(f"interrupted at step {progress.step}; continue with train.resume=latest")
-            raise KeyboardInterrupt
-
-
-def end_step(
-    progress: Progress,
-    samples: int,
-    skipped: bool,
-    tracker: RunTracker,
-    max_nonfinite_steps: int,
-    advice: str,
-) -> None:
-    """Count an optimizer step; report a skipped (non-finite) one, and after `max_nonfinite_steps` in a row
-    raise `TrainingDiverged` naming the last good checkpoint and `advice`."""
-    progress.record_step(samples, skipped)
-    if skipped:
-        tracker.info(
-            f"step {progress.step - 1}: non-finite loss, step skipped ({progress.nonfinite_steps} so far)"
-        )
-        if progress.consecutive_nonfinite >= max_nonfinite_steps:
-            last_good = resolve_resume(tracker.run_dir, "latest")
-            raise TrainingDiverged(
-                f"stopped at step {progress.step} after {progress.consecutive_nonfinite} non-finite losses "
-                f"in a row (train.max_nonfinite_steps); last good checkpoint: {last_good}; {advice}"
-            )
-    tracker.advance()

@@ -1,0 +1,1 @@
+"""The training spine both jobs share: accelerator setup, the optimizer step, checkpoints, tracking."""

@@ -1,0 +1,25 @@
+"""Multi-stage tools (the demo, the study) run each stage as its own `ldm-vae` process."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+import time
+
+
+def run_stage(name: str, arguments: list[str], log: list[str], done: bool = False) -> float | None:
+    """Run `ldm-vae ARGUMENTS` in a child process unless `done`; returns its wall time. A failing stage
+    stops the demo with the stage's exit code (its own error message is already printed)."""
+    command = [sys.executable, "-m", "ldm_vae.train.cli", *arguments]
+    printable = "ldm-vae " + shlex.join(arguments)
+    log.append(printable)
+    if done:
+        print(f"\n=== {name}: finished earlier, skipped ({printable})", flush=True)
+        return None
+    print(f"\n=== {name}: {printable}", flush=True)
+    start = time.perf_counter()
+    completed = subprocess.run(command)
+    if completed.returncode != 0:
+        raise SystemExit(completed.returncode)
+    return time.perf_counter() - start

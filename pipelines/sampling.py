@@ -1,0 +1,103 @@
+"""Sampling helpers every job and tool shares: scheduler swap, a labelled grid's images, loading.
+
+They take a `LatentDiffusionPipeline` and use only its public call, so the training job, `ldm-vae sample`,
+the demo and the benchmarks all sample the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, SchedulerMixin
+from ldm_vae.pipelines.latent_diffusion import LatentDiffusionPipeline
+from torch import Tensor
+
+from ldm_vae.config import SampleConfig
+from ldm_vae.errors import ConfigError
+from ldm_vae.metrics.classifier import SampleClassifier, accuracy, frechet_distance
+
+SAMPLE_SCHEDULERS: dict[str, type[SchedulerMixin]] = {
+    "ddpm": DDPMScheduler,
+    "ddim": DDIMScheduler,
+    "dpm": DPMSolverMultistepScheduler,
+}
+UNCONDITIONAL_ROWS = 8
+
+
+def with_scheduler(pipe: LatentDiffusionPipeline, name: str) -> LatentDiffusionPipeline:
+    """`pipe` with its scheduler replaced by `name`, keeping the training schedule (betas, prediction)."""
+    pipe.scheduler = SAMPLE_SCHEDULERS[name].from_config(pipe.scheduler.config)
+    return pipe
+
+
+def sample_by_class(
+    pipe: LatentDiffusionPipeline,
+    per_class: int,
+    num_inference_steps: int,
+    guidance_scale: float,
+    seed: int,
+    class_ids: list[int] | None = None,
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """(rows, per_class, 3, H, W) in [0, 1]: a row per class in `class_ids` (default: every class), or
+    8 rows for an unconditional model.
+
+    Batch i draws from its own generator seeded `seed + first index`, so a grid is reproducible.
+    """
+    conditional = pipe.unet.config.num_class_embeds is not None
+    if conditional:
+        rows = class_ids if class_ids is not None else list(range(pipe.unet.config.num_class_embeds - 1))
+    else:
+        rows = list(range(UNCONDITIONAL_ROWS))
+    labels = [row for row in rows for _ in range(per_class)]
+    images = []
+    for start in range(0, len(labels), batch_size):
+        chunk = labels[start : start + batch_size]
+        generator = torch.Generator(pipe.device).manual_seed(seed + start)
+        images.append(
+            pipe(
+                batch_size=len(chunk),
+                class_labels=chunk if conditional else None,
+                num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale,
+                generator=generator,
+                output_type="pt",
+            ).images.cpu()
+        )
+    return torch.cat(images).unflatten(0, (len(rows), per_class))
+
+
+def load_pipeline(folder: str, key: str = "--pipeline") -> LatentDiffusionPipeline:
+    if not (Path(folder) / "model_index.json").is_file():
+        raise ConfigError(
+            f"{key}={folder!r}: not a saved pipeline (no model_index.json); see train-ldm's run_dir"
+        )
+    pipe = LatentDiffusionPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@torch.no_grad()
+def score_pipeline(
+    pipe: LatentDiffusionPipeline,
+    classifier: SampleClassifier,
+    real_features: Tensor,
+    sample: SampleConfig,
+    per_class: int,
+    seed: int,
+) -> dict[str, dict[str, float]]:
+    """Class accuracy and feature Fréchet distance to the real images of `per_class` samples per class, at
+    guidance 1 (none) and at the configured guidance scale."""
+    scores = {}
+    for guidance in sorted({1.0, sample.guidance_scale}):
+        grid = sample_by_class(
+            pipe, per_class, sample.num_inference_steps, guidance, seed=seed
+        )  # (classes, per_class, 3, R, R) in [0, 1]
+        samples = grid.flatten(0, 1) * 2 - 1
+        labels = torch.arange(classifier.num_classes).repeat_interleave(per_class)
+        scores[f"guidance_{guidance:g}"] = {
+            "accuracy": accuracy(classifier, samples, labels),
+            "frechet_vs_real": frechet_distance(real_features, classifier.features(samples)),
+        }
+    return scores
