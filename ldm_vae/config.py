@@ -521,6 +521,10 @@ def validate_autoencoder_config(cfg: AutoencoderTrainConfig) -> None:
     if model.kind == "vq":
         check_quantizer(model, cfg.loss)
     _require(
+        cfg.loss.equivariance_weight == 0 or model.kind == "kl",
+        f"loss.equivariance_weight={cfg.loss.equivariance_weight}: only for model.kind=kl; set it to 0",
+    )
+    _require(
         not model.train_decoder_only or model.init_from is not None,
         "model.train_decoder_only=true needs model.init_from: a frozen random encoder learns nothing",
     )
@@ -552,6 +556,11 @@ def validate_ldm_config(cfg: LDMTrainConfig) -> None:
     _require(
         diffusion.beta_start < diffusion.beta_end,
         f"diffusion.beta_start={diffusion.beta_start}, beta_end={diffusion.beta_end}: need start < end",
+    )
+    _require(
+        not diffusion.zero_terminal_snr or diffusion.prediction_type == "v_prediction",
+        f"diffusion.zero_terminal_snr=true with prediction_type={diffusion.prediction_type}: the last step is "
+        "pure noise, where eps is the input and flow has no betas; use prediction_type=v_prediction",
     )
     _require(
         not (sample.guidance_scale != 1 and (not model.class_conditional or diffusion.label_dropout == 0)),

@@ -144,7 +144,9 @@ class LatentDiffusionPipeline(DiffusionPipeline):
             latents = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
         elif tuple(latents.shape) != shape:
             raise ConfigError(f"latents have shape {tuple(latents.shape)}; expected {shape}")
-        latents = latents.to(device=device, dtype=self.unet.dtype) * self.scheduler.init_noise_sigma
+        # flow-matching schedulers start from unit noise and have no init_noise_sigma or scale_model_input
+        init_sigma = getattr(self.scheduler, "init_noise_sigma", 1.0)
+        latents = latents.to(device=device, dtype=self.unet.dtype) * init_sigma
 
         # 3. Denoise.
         self.scheduler.set_timesteps(num_inference_steps, device=device)
@@ -156,7 +158,9 @@ class LatentDiffusionPipeline(DiffusionPipeline):
             cfg_labels = torch.cat([labels, null])
         for t in self.progress_bar(self.scheduler.timesteps):
             # 1. predict noise model_output
-            model_input = self.scheduler.scale_model_input(latents, t)
+            model_input = latents
+            if hasattr(self.scheduler, "scale_model_input"):
+                model_input = self.scheduler.scale_model_input(latents, t)
             if do_cfg:
                 model_input = torch.cat([model_input, model_input])
                 cond, uncond = self.unet(model_input, t, class_labels=cfg_labels).sample.chunk(2)

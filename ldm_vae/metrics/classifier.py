@@ -120,6 +120,18 @@ def accuracy(classifier: nn.Module, images: Tensor, labels: Tensor, batch_size: 
     return (predicted == labels.to(predicted.device)).float().mean().item()
 
 
+@torch.no_grad()
+def judge(
+    classifier: SampleClassifier, images: Tensor, labels: Tensor, real_features: Tensor
+) -> dict[str, float]:
+    """What the report shows for a set of images (b, 3, R, R) in [-1, 1] meant to be of classes `labels`
+    (b,): class accuracy, and the Fréchet distance of their features to `real_features` (n, d)."""
+    return {
+        "accuracy": accuracy(classifier, images, labels),
+        "frechet_vs_real": frechet_distance(real_features, classifier.features(images)),
+    }
+
+
 def _psd_sqrt(matrix: Tensor) -> Tensor:
     """Square root of a symmetric positive semi-definite matrix by eigendecomposition (rounding clamped)."""
     eigenvalues, eigenvectors = torch.linalg.eigh(matrix)

@@ -7,7 +7,7 @@ from ldm_vae.models.autoencoder_kl import (
     latent_shape,
 )
 from ldm_vae.models.loading import load_autoencoder
-from ldm_vae.models.unet import build_noise_scheduler, build_unet
+from ldm_vae.models.unet import build_noise_scheduler, build_unet, sampling_scheduler
 from ldm_vae.models.vq_model import (
     VQTrainingModule,
     build_vqmodel,
@@ -31,4 +31,5 @@ __all__ = [
     "indices_to_image",
     "latent_shape",
     "load_autoencoder",
+    "sampling_scheduler",
 ]
