@@ -6,7 +6,7 @@ TORCH  ?= torch==2.14.1 torchvision==0.29.1
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test test-fast bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,11 @@ demo: $(STAMP)  # the whole chain from nothing; `ldm-vae demo` alone resumes an 
 	rm -rf runs/demo
 	$(BIN)/ldm-vae demo --run-dir runs/demo
 
-test: $(STAMP)
+test: $(STAMP)  # everything, slow tests included (the README's and CI's test command)
 	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)  # everything but the tests marked slow
+	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train_step.py

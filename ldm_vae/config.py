@@ -34,8 +34,19 @@ class Bounds:
     lt: float | None = None
 
     def describe(self) -> str:
-        low = f"[{self.ge:g}" if self.ge is not None else (f"({self.gt:g}" if self.gt is not None else None)
-        high = f"{self.le:g}]" if self.le is not None else (f"{self.lt:g})" if self.lt is not None else None)
+        def text(x: float) -> str:
+            return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+        low = (
+            f"[{text(self.ge)}"
+            if self.ge is not None
+            else (f"({text(self.gt)}" if self.gt is not None else None)
+        )
+        high = (
+            f"{text(self.le)}]"
+            if self.le is not None
+            else (f"{text(self.lt)})" if self.lt is not None else None)
+        )
         if low and high:
             return f"in {low}, {high}"
         if low:
@@ -75,7 +86,7 @@ def bounded_option(kind: type, **bounds: float) -> Any:
             expected = "an integer" if kind is int else "a number"
             raise argparse.ArgumentTypeError(f"{text!r} is not {expected}") from None
         if not limits.holds(value):
-            raise argparse.ArgumentTypeError(f"{text} must be {limits.describe()}")
+            raise argparse.ArgumentTypeError(f"must be {limits.describe()}, got {text}")
         return value
 
     return parse
@@ -197,6 +208,10 @@ class TrainConfig:
     max_nonfinite_steps: int = ranged(5, ge=1)  # stop after this many non-finite losses in a row
     use_channels_last: bool = False  # channels_last memory format (faster convs on GPU)
     use_compile: bool = False  # torch.compile the trained model
+    # recompute activations in the backward (diffusers' enable_gradient_checkpointing): less memory, slower
+    gradient_checkpointing: bool = False
+    # the device's peak TFLOP/s, the unit of the logged MFU; None = measure a dense matmul at start
+    peak_tflops: float | None = ranged(None, gt=0)
 
 
 @dataclass
@@ -523,6 +538,11 @@ def validate_autoencoder_config(cfg: AutoencoderTrainConfig) -> None:
     _require(
         cfg.loss.equivariance_weight == 0 or model.kind == "kl",
         f"loss.equivariance_weight={cfg.loss.equivariance_weight}: only for model.kind=kl; set it to 0",
+    )
+    _require(
+        not cfg.train.gradient_checkpointing or model.kind == "kl",
+        "train.gradient_checkpointing=true: diffusers' VQModel does not support it; use model.kind=kl or "
+        "set it to false",
     )
     _require(
         not model.train_decoder_only or model.init_from is not None,

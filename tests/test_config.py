@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from ldm_vae.train.cli import main
 
 from ldm_vae.config import (
     PRESET_DIR,
@@ -12,6 +11,7 @@ from ldm_vae.config import (
     load_config,
 )
 from ldm_vae.errors import ConfigError
+from ldm_vae.train.cli import main
 
 
 @pytest.mark.parametrize("preset", sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
@@ -29,7 +29,9 @@ def test_real_presets_match_ldm_architectures():
 
 def test_overrides_are_typed():
     cfg = load_config(
-        AutoencoderTrainConfig, "kl-tiny", ["loss.kl_weight=1e-4", "model.block_out_channels=[8,16]"]
+        AutoencoderTrainConfig,
+        "kl-tiny",
+        ["loss.kl_weight=1e-4", "model.block_out_channels=[8,16]", "model.norm_num_groups=8"],
     )
     assert cfg.loss.kl_weight == pytest.approx(1e-4) and isinstance(cfg.loss.kl_weight, float)
     assert cfg.model.block_out_channels == [8, 16]
@@ -85,7 +87,10 @@ def test_bad_keys_and_types_name_the_key(override, expected):
         ("optim.adam_betas=[0.9]", "optim.adam_betas=[0.9]: must be two numbers in [0, 1)"),
         ("train.ema_decay=1.0", "train.ema_decay=1.0: must be in [0, 1)"),
         ("model.train_decoder_only=true", "model.train_decoder_only=true needs model.init_from"),
-        ("model.kind=vq model.quantizer.num_codes=1", "model.quantizer.num_codes=1: needs at least 2 codes"),
+        (
+            "model.kind=vq model.quantizer.num_codes=1",
+            "model.quantizer.num_codes=1: must be in [2, 2147483647]",
+        ),
         ("model.kind=vq model.quantizer.code_dim=1", "code_dim=1 with use_cosine=true: only 2 unit vectors"),
         ("model.kind=vq loss.learn_logvar=true", "loss.learn_logvar=true: only for model.kind=kl"),
         ("model.kind=vq model.quantizer.decay=1", "model.quantizer.decay=1.0: must be in (0, 1)"),

@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import json
 
-import ldm_vae.train.evaluate
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import RandomFeatures, tiny_vae
 from diffusers import DDPMScheduler, UNet2DModel
-from ldm_vae.pipelines import LatentDiffusionPipeline
-from ldm_vae.train.cli import main
 from torch import nn
 from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
+import ldm_vae.train.evaluate
 from ldm_vae.data import build_dataset
 from ldm_vae.errors import ConfigError
 from ldm_vae.losses.perceptual import LPIPS
 from ldm_vae.metrics import sharpness
 from ldm_vae.metrics.fid import FrechetDistance, load_inception, sample_fid, to_uint8
+from ldm_vae.pipelines import LatentDiffusionPipeline
+from ldm_vae.train.cli import main
 
 
 class ChannelMeans(nn.Module):
@@ -259,7 +259,7 @@ def test_eval_ae_with_random_weights_reports_lpips_and_rfid(tmp_path, monkeypatc
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--samples=1"], "--samples=1"),
+        (["--samples=1"], "argument --samples: must be >= 2, got 1"),
         (["--resolution=15"], "--resolution=15 must be divisible by the model's downsampling factor 2"),
         (["--data=builtin:nope"], "builtin:nope"),
     ],

@@ -15,15 +15,15 @@ import torch
 from accelerate import Accelerator
 from conftest import TINY_OVERRIDES, assert_same_training, tiny_config
 from diffusers import AutoencoderKL
-from ldm_vae.train.autoencoder import discriminator_loss, generator_loss, train
-from ldm_vae.training.checkpoints import list_checkpoints
-from ldm_vae.train.cli import export_run
 from safetensors.torch import load_file
 
 from ldm_vae.data import ShapesDataset
 from ldm_vae.errors import ConfigError, TrainingDiverged
 from ldm_vae.losses import PatchDiscriminator
 from ldm_vae.models import KLTrainingModule, build_autoencoder_kl, latent_shape
+from ldm_vae.train.autoencoder import discriminator_loss, generator_loss, train
+from ldm_vae.train.cli import export_run
+from ldm_vae.training.checkpoints import list_checkpoints
 
 REPO = Path(__file__).resolve().parent.parent
 

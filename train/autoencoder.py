@@ -305,7 +305,10 @@ def train(cfg: AutoencoderTrainConfig) -> Path:
                     first = run.first_position(micro)
                     positions = range(first, first + len(images))
                     noise = position_normals(cfg.seed, "ae_noise", positions, noise_shape).to(device)
-                with accelerator.accumulate(ae, *([disc] if disc is not None else [])):
+                with (
+                    accelerator.accumulate(ae, *([disc] if disc is not None else [])),
+                    run.counting_flops(phase=(gan_enters, disc_trains)),  # the GAN terms add work
+                ):
                     out = ae(images, noise)  # through the DDP wrapper: gradients all-reduce
                     g_loss, logs = generator_loss(
                         accelerator, out, images, disc if gan_enters else None, last_layer, lpips, cfg

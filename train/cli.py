@@ -32,11 +32,10 @@ TRAINING_JOBS = {"train-ae": AutoencoderTrainConfig, "train-ldm": LDMTrainConfig
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (like every other error) and exits 2."""
+    """argparse, but a usage error is a ConfigError: one line and exit code 2, like every other error."""
 
     def error(self, message: str) -> None:
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        sys.exit(2)
+        raise ConfigError(message)
 
 
 def add_training_arguments(parser: argparse.ArgumentParser, example: str) -> None:
@@ -114,9 +113,8 @@ def run_command(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(chosen_command(argv)).parse_args(argv)
     try:
-        return run_command(args)
+        return run_command(build_parser(chosen_command(argv)).parse_args(argv))
     except ConfigError as error:
         print(f"ldm-vae: error: {error}", file=sys.stderr)
         return 2

@@ -20,11 +20,10 @@ import time
 from pathlib import Path
 
 import torch
-from ldm_vae.pipelines.sampling import load_pipeline, score_pipeline
 
-from ldm_vae.config import AutoencoderTrainConfig, LDMTrainConfig, load_config
-from ldm_vae.errors import ConfigError
+from ldm_vae.config import AutoencoderTrainConfig, LDMTrainConfig, bounded_option, load_config
 from ldm_vae.metrics.judge import CLASSIFIER_STEPS, train_judge
+from ldm_vae.pipelines.sampling import load_pipeline, score_pipeline
 from ldm_vae.training.stages import run_stage
 
 SAMPLES_PER_CLASS = 32  # class-conditional samples scored per class
@@ -39,11 +38,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--ldm", action="append", default=[], metavar="KEY=VALUE", help="override for train-ldm ldm-tiny"
     )
     parser.add_argument(
-        "--samples-per-class", type=int, default=SAMPLES_PER_CLASS, help="samples scored per class"
+        "--samples-per-class",
+        type=bounded_option(int, ge=2),
+        default=SAMPLES_PER_CLASS,
+        help="samples scored per class",
     )
     parser.add_argument(
         "--classifier-steps",
-        type=int,
+        type=bounded_option(int, ge=1),
         default=CLASSIFIER_STEPS,
         help="training steps of the judging classifier",
     )
@@ -127,10 +129,6 @@ def write_report(run_dir: Path, figures: dict, commands: list[str]) -> None:
 
 
 def demo(args: argparse.Namespace) -> Path:
-    if args.samples_per_class < 2:
-        raise ConfigError(f"--samples-per-class={args.samples_per_class}: must be >= 2")
-    if args.classifier_steps < 1:
-        raise ConfigError(f"--classifier-steps={args.classifier_steps}: must be >= 1")
     run_dir = Path(args.run_dir)
     ae_dir, latents, ldm_dir = run_dir / "autoencoder", run_dir / "latents", run_dir / "ldm"
     ae_overrides = [f"run_dir={ae_dir}", *args.ae]

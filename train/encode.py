@@ -21,6 +21,7 @@ from safetensors import safe_open
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
+from ldm_vae.config import bounded_option
 from ldm_vae.data import build_dataset
 from ldm_vae.errors import ConfigError
 from ldm_vae.latents.writer import (
@@ -43,15 +44,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default="builtin:shapes", help="builtin:NAME or an image folder")
     parser.add_argument("--out", help="output folder (new, or a partial output of the same encode)")
     parser.add_argument(
-        "--resolution", type=int, default=None, help="pixels; default: the model's sample_size"
+        "--resolution",
+        type=bounded_option(int, ge=8),
+        default=None,
+        help="pixels; default: the model's sample_size",
     )
-    parser.add_argument("--builtin-samples", type=int, default=8192, help="size of a builtin dataset")
-    parser.add_argument("--shard-size", type=int, default=4096, help="samples per shard")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--builtin-samples", type=bounded_option(int, ge=2), default=8192, help="size of a builtin dataset"
+    )
+    parser.add_argument(
+        "--shard-size", type=bounded_option(int, ge=1), default=4096, help="samples per shard"
+    )
+    parser.add_argument("--batch-size", type=bounded_option(int, ge=1), default=32)
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp16", help="storage dtype")
     parser.add_argument("--flip", action="store_true", help="also store the latents of the flipped image")
     parser.add_argument("--bf16", action="store_true", help="encode under bf16 autocast (storage is --dtype)")
-    parser.add_argument("--num-workers", type=int, default=2, help="DataLoader workers decoding images")
+    parser.add_argument(
+        "--num-workers", type=bounded_option(int, ge=0), default=2, help="DataLoader workers decoding images"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of a builtin dataset")
     parser.add_argument("--verify", metavar="DIR", help="re-check a finished store's counts and checksums")
 
@@ -83,9 +93,6 @@ def encode(args: argparse.Namespace) -> Path:
     for name in ("model", "out"):
         if not getattr(args, name):
             raise ConfigError(f"--{name} is required (or use --verify DIR)")
-    for name in ("shard_size", "batch_size", "builtin_samples"):
-        if getattr(args, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')}={getattr(args, name)}: must be >= 1")
     state = PartialState(cpu=not torch.cuda.is_available())
     out = Path(args.out)
     model = load_autoencoder(args.model, "--model").to(state.device)

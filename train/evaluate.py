@@ -20,6 +20,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
+from ldm_vae.config import bounded_option
 from ldm_vae.data import build_dataset
 from ldm_vae.errors import ConfigError
 from ldm_vae.latents.writer import write_json_atomic
@@ -47,12 +48,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default="builtin:shapes", help="builtin:NAME or an image folder")
     parser.add_argument("--out", help="output folder; default: <model>-eval beside the model folder")
     parser.add_argument(
-        "--resolution", type=int, default=None, help="pixels; default: the model's sample_size"
+        "--resolution",
+        type=bounded_option(int, ge=8),
+        default=None,
+        help="pixels; default: the model's sample_size",
     )
-    parser.add_argument("--samples", type=int, default=None, help="evaluate N random images; default all")
-    parser.add_argument("--builtin-samples", type=int, default=1024, help="size of a builtin dataset")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--num-workers", type=int, default=2, help="DataLoader workers decoding images")
+    parser.add_argument(
+        "--samples",
+        type=bounded_option(int, ge=2),
+        default=None,
+        help="evaluate N random images; default all",
+    )
+    parser.add_argument(
+        "--builtin-samples", type=bounded_option(int, ge=2), default=1024, help="size of a builtin dataset"
+    )
+    parser.add_argument("--batch-size", type=bounded_option(int, ge=1), default=32)
+    parser.add_argument(
+        "--num-workers", type=bounded_option(int, ge=0), default=2, help="DataLoader workers decoding images"
+    )
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of a builtin dataset and of the --samples subset"
     )
@@ -236,11 +249,6 @@ def markdown_report(report: dict) -> str:
 
 def evaluate(args: argparse.Namespace) -> dict[str, object]:
     """Validate, load, measure, then write eval.json and eval.md; returns what eval.json holds."""
-    for name in ("batch_size", "builtin_samples"):
-        if getattr(args, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')}={getattr(args, name)}: must be >= 1")
-    if args.samples is not None and args.samples < 2:
-        raise ConfigError(f"--samples={args.samples}: must be >= 2 (FID and active channels need two)")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = load_autoencoder(args.model, "--model").to(device)
     resolution = args.resolution or int(model.config.sample_size)

@@ -18,6 +18,7 @@ import torch
 from diffusers import ModelMixin
 from torchvision.utils import save_image
 
+from ldm_vae.config import bounded_option
 from ldm_vae.data import build_dataset
 from ldm_vae.errors import ConfigError
 from ldm_vae.latents.writer import encode_batch
@@ -35,26 +36,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="a diffusers AutoencoderKL or VQModel folder")
     parser.add_argument("--data", default="builtin:shapes", help="builtin:NAME or an image folder")
     parser.add_argument("--out", help="output folder (created if missing; earlier outputs are replaced)")
-    parser.add_argument("--pairs", type=int, default=8, help="image pairs, one strip each")
-    parser.add_argument("--frames", type=int, default=9, help="frames per strip, both ends included (>= 3)")
+    parser.add_argument(
+        "--pairs", type=bounded_option(int, ge=1), default=8, help="image pairs, one strip each"
+    )
+    parser.add_argument(
+        "--frames",
+        type=bounded_option(int, ge=3),
+        default=9,
+        help="frames per strip, both ends included (>= 3)",
+    )
     parser.add_argument("--method", choices=[*METHODS, "both"], default="both", help="path between latents")
     parser.add_argument(
-        "--resolution", type=int, default=None, help="pixels; default: the model's sample_size"
+        "--resolution",
+        type=bounded_option(int, ge=8),
+        default=None,
+        help="pixels; default: the model's sample_size",
     )
-    parser.add_argument("--builtin-samples", type=int, default=8192, help="size of a builtin dataset")
+    parser.add_argument(
+        "--builtin-samples", type=bounded_option(int, ge=2), default=8192, help="size of a builtin dataset"
+    )
     parser.add_argument("--seed", type=int, default=0, help="picks the pairs; seeds builtin data and --prior")
     parser.add_argument("--lpips-vgg16", help="torchvision VGG16 weights file: measure steps with LPIPS")
     parser.add_argument("--lpips-heads", help="LPIPS v0.1 vgg.pth heads file (with --lpips-vgg16)")
-    parser.add_argument("--prior", type=int, default=0, metavar="N", help="also decode N prior samples (KL)")
+    parser.add_argument(
+        "--prior",
+        type=bounded_option(int, ge=0),
+        default=0,
+        metavar="N",
+        help="also decode N prior samples (KL)",
+    )
 
 
 def check_arguments(args: argparse.Namespace) -> None:
     for name in ("model", "out"):
         if not getattr(args, name):
             raise ConfigError(f"--{name} is required")
-    for name, low in (("pairs", 1), ("frames", 3), ("builtin_samples", 1), ("prior", 0)):
-        if getattr(args, name) < low:
-            raise ConfigError(f"--{name.replace('_', '-')}={getattr(args, name)}: must be >= {low}")
     if bool(args.lpips_vgg16) != bool(args.lpips_heads):
         raise ConfigError("--lpips-vgg16 and --lpips-heads go together: give both files or neither")
     for option, path in (("--lpips-vgg16", args.lpips_vgg16), ("--lpips-heads", args.lpips_heads)):

@@ -16,25 +16,22 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from diffusers import (
-    DDPMScheduler,
-    ModelMixin,
-    UNet2DModel,
-)
+from diffusers import ModelMixin, UNet2DModel
 from diffusers.training_utils import EMAModel
-from ldm_vae.pipelines import LatentDiffusionPipeline
-from ldm_vae.pipelines.sampling import sample_by_class, with_scheduler
 from torch.utils.data import DataLoader
 from torchvision.utils import make_grid
 
-from ldm_vae.config import LDMTrainConfig, save_config
+from ldm_vae.config import DiffusionConfig, LDMTrainConfig, save_config
 from ldm_vae.data.sampler import StreamSampler
 from ldm_vae.errors import ConfigError
 from ldm_vae.latents import LatentDataset, PositionSeededLatents
 from ldm_vae.latents.writer import autoencoder_identity
-from ldm_vae.losses import diffusion_loss
+from ldm_vae.losses import diffusion_loss, draw_timesteps
+from ldm_vae.losses.diffusion import NoiseScheduler
 from ldm_vae.models import build_noise_scheduler, build_unet, load_autoencoder
 from ldm_vae.models.normalization import set_latent_normalization
+from ldm_vae.pipelines import LatentDiffusionPipeline
+from ldm_vae.pipelines.sampling import sample_by_class, with_scheduler
 from ldm_vae.seeds import torch_generator
 from ldm_vae.training.accelerator import build_accelerator, ignore_interrupts_in_worker, memory_format
 from ldm_vae.training.checkpoints import resume_point
@@ -130,9 +127,10 @@ def build_loader(
 
 
 def diffusion_draws(
-    positions: range, shape: tuple[int, ...], num_train_timesteps: int, label_dropout: float, seed: int
+    positions: range, shape: tuple[int, ...], diffusion: DiffusionConfig, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(noise (b, *shape), timesteps (b,), drop_label (b,) bool), drawn per stream position.
+    """(noise (b, *shape), timesteps (b,), drop_label (b,) bool), drawn per stream position; timesteps as
+    `draw_timesteps` gives them (integers, or floats on the flow path).
 
     From their own stream (`diffusion`), so they are independent of the posterior draw of the same
     position, and identical for any process count, accumulation or resume point.
@@ -140,8 +138,8 @@ def diffusion_draws(
     noise, timesteps, drops = [], [], []
     for position in positions:
         generator = torch_generator(seed, "diffusion", position)
-        timesteps.append(torch.randint(0, num_train_timesteps, (), generator=generator))
-        drops.append(torch.rand((), generator=generator) < label_dropout)
+        timesteps.append(draw_timesteps(diffusion, 1, generator)[0])
+        drops.append(torch.rand((), generator=generator) < diffusion.label_dropout)
         noise.append(torch.randn(shape, generator=generator))
     return torch.stack(noise), torch.stack(timesteps), torch.stack(drops)
 
@@ -150,7 +148,7 @@ def sampling_pipeline(
     cfg: LDMTrainConfig,
     unet: UNet2DModel,
     vae: ModelMixin,
-    noise_scheduler: DDPMScheduler,
+    noise_scheduler: NoiseScheduler,
     classes: list[str],
 ) -> LatentDiffusionPipeline:
     """The pipeline a user gets: the training schedule under the configured sampler."""
@@ -188,7 +186,7 @@ def ema_samples(pipe: LatentDiffusionPipeline, ema: EMAModel, cfg: LDMTrainConfi
 class Session:
     store: LatentDataset
     vae: ModelMixin  # the store's autoencoder, its config holding the store's normalization
-    noise_scheduler: DDPMScheduler
+    noise_scheduler: NoiseScheduler
     run: TrainingRun  # model "unet"; its EMA follows the UNet
 
 
@@ -258,18 +256,14 @@ def train(cfg: LDMTrainConfig) -> Path:
                 latents = latents.to(device, non_blocking=True).contiguous(memory_format=layout)
                 first = run.first_position(micro)
                 noise, timesteps, drop = diffusion_draws(
-                    range(first, first + len(latents)),
-                    store.latent_shape,
-                    cfg.diffusion.num_train_timesteps,
-                    cfg.diffusion.label_dropout,
-                    cfg.seed,
+                    range(first, first + len(latents)), store.latent_shape, cfg.diffusion, cfg.seed
                 )
                 noise = noise.to(device).contiguous(memory_format=layout)
                 timesteps = timesteps.to(device)
                 class_labels = None
                 if cfg.model.class_conditional:  # dropped labels become the null class (CFG)
                     class_labels = torch.where(drop, null_class, labels).to(device)
-                with accelerator.accumulate(unet):
+                with accelerator.accumulate(unet), run.counting_flops():
                     loss, per_sample = diffusion_loss(  # through the DDP wrapper: gradients all-reduce
                         unet,
                         noise_scheduler,
@@ -282,7 +276,8 @@ def train(cfg: LDMTrainConfig) -> Path:
                     accelerator.backward(loss)
                 nonfinite += ~torch.isfinite(loss.detach())
                 run.running.add("train/loss", loss.detach())
-                bins = (timesteps * TIMESTEP_BINS) // cfg.diffusion.num_train_timesteps  # (b,) in [0, bins)
+                # (b,) in [0, bins); flow timesteps are floats
+                bins = (timesteps * TIMESTEP_BINS).long() // cfg.diffusion.num_train_timesteps
                 for b in range(TIMESTEP_BINS):
                     in_bin = bins == b
                     run.running.add(f"train/loss_t{b}", per_sample[in_bin].sum(), in_bin.sum())

@@ -11,39 +11,47 @@ import json
 from pathlib import Path
 
 import torch
-from ldm_vae.pipelines import LatentDiffusionPipeline
-from ldm_vae.pipelines.sampling import SAMPLE_SCHEDULERS, load_pipeline, sample_by_class, with_scheduler
 
+from ldm_vae.config import bounded_option
 from ldm_vae.data import build_dataset
 from ldm_vae.errors import ConfigError
 from ldm_vae.metrics.fid import default_inception_path, load_inception, sample_fid
+from ldm_vae.models.unet import SAMPLERS
+from ldm_vae.pipelines import LatentDiffusionPipeline
+from ldm_vae.pipelines.sampling import load_pipeline, sample_by_class, with_scheduler
 from ldm_vae.viz import save_class_grid
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pipeline", required=True, help="a folder saved by train-ldm (run_dir/pipeline)")
     parser.add_argument("--out", required=True, help="the PNG to write")
-    parser.add_argument("--per-class", type=int, default=8, help="images per row")
+    parser.add_argument("--per-class", type=bounded_option(int, ge=1), default=8, help="images per row")
     parser.add_argument("--classes", default=None, help="comma-separated class names or ids; default all")
-    parser.add_argument("--steps", type=int, default=50, help="denoising steps")
-    parser.add_argument("--scheduler", choices=sorted(SAMPLE_SCHEDULERS), default=None, help="default: saved")
-    parser.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
+    parser.add_argument("--steps", type=bounded_option(int, ge=1), default=50, help="denoising steps")
+    parser.add_argument("--scheduler", choices=sorted(SAMPLERS), default=None, help="default: saved")
+    parser.add_argument(
+        "--guidance", type=bounded_option(float, ge=0), default=1.0, help="classifier-free guidance scale"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=bounded_option(int, ge=1), default=64)
     parser.add_argument(
         "--fid-data", default=None, help="also report FID of samples against this data source"
     )
-    parser.add_argument("--fid-samples", type=int, default=1000, help="samples (and real images) for FID")
-    parser.add_argument("--builtin-samples", type=int, default=8192, help="size of a builtin --fid-data")
+    parser.add_argument(
+        "--fid-samples",
+        type=bounded_option(int, ge=2),
+        default=1000,
+        help="samples (and real images) for FID",
+    )
+    parser.add_argument(
+        "--builtin-samples", type=bounded_option(int, ge=2), default=8192, help="size of a builtin --fid-data"
+    )
     parser.add_argument(
         "--inception", default=None, help="FID Inception weights (pt_inception-2015-12-05-6726825d.pth)"
     )
 
 
 def sample(args: argparse.Namespace) -> Path:
-    for name in ("per_class", "steps", "batch_size"):
-        if getattr(args, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')}={getattr(args, name)}: must be >= 1")
     pipe = load_pipeline(args.pipeline)
     if args.scheduler:
         with_scheduler(pipe, args.scheduler)
@@ -69,8 +77,6 @@ def sample(args: argparse.Namespace) -> Path:
 
 def report_fid(pipe: LatentDiffusionPipeline, args: argparse.Namespace) -> dict[str, float | int]:
     """FID of `--fid-samples` samples against as many `--fid-data` images, into `<out>.fid.json`."""
-    if args.fid_samples < 2:
-        raise ConfigError(f"--fid-samples={args.fid_samples}: must be >= 2")
     extractor = load_inception(args.inception or default_inception_path(), "--inception", "sample FID")
     resolution = pipe.vae.config.sample_size if pipe.vae is not None else pipe.unet.config.sample_size
     dataset = build_dataset(args.fid_data, int(resolution), args.builtin_samples, args.seed)
