@@ -17,6 +17,7 @@ from ldm_vae.data import (
     to_rgb,
     train_held_out_split,
 )
+from ldm_vae.data.indexed import read_skips
 from ldm_vae.errors import ConfigError
 
 RES_PX = 16
@@ -144,18 +145,27 @@ def test_shorter_side_resized_then_centre_cropped(tmp_path):
     assert torch.allclose(image, green.expand_as(image), atol=1e-6)
 
 
-def test_broken_files_are_skipped_and_reported(tmp_path):
-    expected = _write_broken_files(tmp_path)
-    _write_good_image(tmp_path / "good.png", "rgb")
-    (tmp_path / "notes.txt").write_text("not an image suffix: never counted")
-    dataset = ImageFolderDataset(tmp_path, RES_PX)
-    assert len(dataset) == 1 and dataset.sample_key(0) == "good.png"
-    assert dict(dataset.skipped) == expected
+def test_broken_files_are_left_out_when_indexed_or_replaced_when_read(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    expected = _write_broken_files(folder)
+    _write_good_image(folder / "good.png", "rgb")
+    (folder / "notes.txt").write_text("not an image suffix: never counted")
+    dataset = ImageFolderDataset(folder, RES_PX)
+    # Indexing reads headers only: files whose header does not parse are left out and reported at start ...
+    at_index = {name: why for name, why in expected.items() if why != "truncated"}
+    assert dict(dataset.skipped) == at_index
     report = dataset.skip_report()
-    assert report.startswith(f"skipped 4 of 5 files under {tmp_path}")
-    assert "\n" not in report
-    for name, reason in expected.items():
+    assert report.startswith(f"skipped 2 of 5 samples of {folder}") and "\n" not in report
+    for name, reason in at_index.items():
         assert f"{name} ({reason})" in report
+    # ... truncated pixels are found when read: replaced by the next readable sample, and logged.
+    assert [dataset.sample_key(i) for i in range(len(dataset))] == ["good.png", "truncated.jpg", "truncated.png"]
+    log = tmp_path / "skipped.jsonl"
+    dataset.record_skips_to(log)
+    good = dataset[0][0]
+    assert torch.equal(dataset[1][0], good) and torch.equal(dataset[2][0], good)  # wraps around to good.png
+    assert read_skips(log) == [("truncated.jpg", "truncated"), ("truncated.png", "truncated")]
 
 
 def test_skip_report_lists_at_most_ten_names(tmp_path):
@@ -210,7 +220,9 @@ def test_bad_folders_raise_config_error_naming_the_path(tmp_path):
     only_broken = tmp_path / "broken"
     only_broken.mkdir()
     _write_broken_files(only_broken)
-    with pytest.raises(ConfigError, match="4 files .* seen, 4 skipped") as info:
+    for truncated in only_broken.glob("truncated.*"):  # their headers parse: they would be indexed
+        truncated.unlink()
+    with pytest.raises(ConfigError, match="2 files .* seen, 2 skipped") as info:
         ImageFolderDataset(only_broken, RES_PX)
     assert str(only_broken) in str(info.value) and "\n" not in str(info.value)
 
@@ -220,7 +232,7 @@ def test_file_broken_after_scan_gives_next_sample_and_warns(tmp_path, caplog):
         Image.fromarray(_rgb_array(seed=i)).save(tmp_path / f"{i}.png")
     dataset = ImageFolderDataset(tmp_path, RES_PX)
     (tmp_path / "1.png").write_text("overwritten")
-    with caplog.at_level(logging.WARNING, logger="ldm_vae.data.folder"):
+    with caplog.at_level(logging.WARNING, logger="ldm_vae.data.indexed"):
         image, _ = dataset[1]
     assert torch.equal(image, dataset[2][0])
     assert "1.png" in caplog.text

@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from ldm_vae.data.folder import ImageFolderDataset, load_rgb, to_rgb
+from ldm_vae.data.decode import load_rgb, to_rgb
+from ldm_vae.data.folder import ImageFolderDataset
 from ldm_vae.data.sampler import StreamSampler
 from ldm_vae.data.shapes import SHAPE_KINDS, ShapesDataset
 from ldm_vae.data.split import train_held_out_split
