@@ -1,10 +1,10 @@
 """VQ-regularised autoencoder (VQGAN, Esser et al. 2021; LDM's VQ first stage): a diffusers `VQModel`.
 
-During training our `VectorQuantizer` (EMA codebook, k-means init, dead-code restart, low-dim cosine
-codes) replaces `VQModel.quantize`; it keeps the codebook in `embedding.weight`. `export_vqmodel` folds
-its projections into `quant_conv` / `post_quant_conv` and returns a plain diffusers `VQModel` whose
-Euclidean lookup gives the same codes (stored unit-norm when cosine). `image_to_indices` and
-`indices_to_image` go image -> tokens -> image with any exported folder.
+During training one of our quantizers (`model.quantizer.kind`: a learned codebook, an FSQ grid or LFQ signs)
+replaces `VQModel.quantize`. `export_vqmodel` writes its `codebook()` into `quantize.embedding.weight`, folds
+its projections into `quant_conv` / `post_quant_conv` and returns a plain diffusers `VQModel` whose Euclidean
+lookup picks the same codes. `image_to_indices` and `indices_to_image` go image -> tokens -> image with any
+exported folder.
 """
 
 from __future__ import annotations
@@ -13,32 +13,54 @@ import torch
 from diffusers import VQModel
 from torch import nn
 
-from ldm_vae.config import ModelConfig
+from ldm_vae.config import ModelConfig, QuantizerConfig
 from ldm_vae.models.autoencoder_kl import ldm_layout
-from ldm_vae.models.quantizer import VectorQuantizer
+from ldm_vae.models.quantizer import (
+    FiniteScalarQuantizer,
+    LookupFreeQuantizer,
+    Quantizer,
+    VectorQuantizer,
+)
 
 
-def build_vqmodel(model: ModelConfig, resolution_px: int, seed: int) -> VQModel:
-    """A VQModel with LDM's Encoder/Decoder layout whose `quantize` is our trainable quantizer."""
-    q = model.quantizer
-    vq = VQModel(
-        **ldm_layout(model, resolution_px),
-        num_vq_embeddings=q.num_codes,
-        vq_embed_dim=model.latent_channels,  # the quantizer projects to code_dim itself
-        lookup_from_codebook=True,
-    )
-    vq.quantize = VectorQuantizer(
+def build_quantizer(q: QuantizerConfig, dim: int, seed: int) -> Quantizer:
+    """The quantizer of `q.kind` for latents with `dim` channels."""
+    if q.kind == "fsq":
+        return FiniteScalarQuantizer(q.levels, dim, commitment_weight=q.commitment_weight)
+    if q.kind == "lfq":
+        return LookupFreeQuantizer(
+            q.lfq_bits,
+            dim,
+            commitment_weight=q.commitment_weight,
+            entropy_weight=q.entropy_weight,
+            codebook_entropy_weight=q.codebook_entropy_weight,
+            temperature=q.entropy_temperature,
+        )
+    return VectorQuantizer(
         num_codes=q.num_codes,
-        dim=model.latent_channels,
-        code_dim=q.code_dim or model.latent_channels,
+        dim=dim,
+        code_dim=q.code_dim or dim,
         commitment_weight=q.commitment_weight,
         update=q.update,
+        gradient=q.gradient,
         decay=q.decay,
         use_cosine=q.use_cosine,
         kmeans_init=q.kmeans_init,
         dead_code_window_steps=q.dead_code_window_steps,
         seed=seed,
     )
+
+
+def build_vqmodel(model: ModelConfig, resolution_px: int, seed: int) -> VQModel:
+    """A VQModel with LDM's Encoder/Decoder layout whose `quantize` is our trainable quantizer."""
+    quantizer = build_quantizer(model.quantizer, model.latent_channels, seed)
+    vq = VQModel(
+        **ldm_layout(model, resolution_px),
+        num_vq_embeddings=quantizer.num_codes,
+        vq_embed_dim=model.latent_channels,  # the quantizer projects to its code dimension itself
+        lookup_from_codebook=True,
+    )
+    vq.quantize = quantizer
     return vq
 
 
@@ -87,8 +109,9 @@ def _fold_conv_after_linear(linear: nn.Module, conv: nn.Conv2d) -> tuple[torch.T
 @torch.no_grad()
 def export_vqmodel(trained: VQModel) -> VQModel:
     """A plain diffusers VQModel (CPU, fp32) computing what `trained` computes with our quantizer."""
-    quantizer: VectorQuantizer = trained.quantize
-    num_codes, code_dim = quantizer.embedding.weight.shape
+    quantizer: Quantizer = trained.quantize
+    codes = quantizer.codebook()  # (k, d): every code, in index order
+    num_codes, code_dim = codes.shape
     config = {k: v for k, v in trained.config.items() if not k.startswith("_")}
     exported = VQModel.from_config({**config, "num_vq_embeddings": num_codes, "vq_embed_dim": code_dim})
     state = {k: v for k, v in trained.state_dict().items() if k.startswith(("encoder.", "decoder."))}
@@ -96,9 +119,6 @@ def export_vqmodel(trained: VQModel) -> VQModel:
     w_out, b_out = _fold_conv_after_linear(quantizer.project_out, trained.post_quant_conv)
     state["quant_conv.weight"], state["quant_conv.bias"] = w_in[:, :, None, None], b_in
     state["post_quant_conv.weight"], state["post_quant_conv.bias"] = w_out[:, :, None, None], b_out
-    codes = quantizer.embedding.weight  # (k, d)
-    if quantizer.use_cosine:  # gradient-mode codes drift off the sphere; the lookup always normalised them
-        codes = torch.nn.functional.normalize(codes, dim=1)
     state["quantize.embedding.weight"] = codes
     exported.load_state_dict({k: v.detach().float().cpu().clone() for k, v in state.items()}, strict=True)
     return exported.eval()

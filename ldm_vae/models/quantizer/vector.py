@@ -1,25 +1,21 @@
-"""Vector quantizer with an EMA codebook: the training-time replacement for `diffusers.VQModel.quantize`.
+"""Learned-codebook vector quantizer (kind: vq): EMA codebook, k-means init, restarts, rotation trick.
 
 Papers: VQ-VAE (van den Oord et al. 2017, eq. 3; EMA codebook updates from Appendix A.1); k-means init on the
 first batch (SoundStream, Zeghidour et al. 2021); restarting dead codes from encoder outputs (Jukebox,
 Dhariwal et al. 2020); factorised, l2-normalised low-dimensional codes (ViT-VQGAN, Yu et al. 2022; LlamaGen,
-Sun et al. 2024). See shared/reference/vq_anchors.md §1.4 (what drives codebook usage) and §3 (export).
+Sun et al. 2024); the rotation trick (Fifty et al., "Restructuring Vector Quantization with the Rotation
+Trick", ICLR 2025).
 
-Export contract (vq_anchors §3.2). diffusers' VQModel looks codes up with a plain Euclidean
-`argmin(cdist(z, embedding.weight))` on the raw `quant_conv` output. This module does the same lookup, so:
+Export (see base.py): this module does diffusers' exact lookup, `argmin(cdist(tokens, codes))`, so
 - the codebook is `embedding.weight` (k, d), exported as `quantize.embedding.weight`;
 - with `use_cosine`, the stored rows are unit-norm (after init, every EMA update and every restart), so
   `argmin ||z - e|| == argmax z.e == argmax cos(z, e)`: the cosine lookup survives export unchanged;
-- `project_in`/`project_out` are plain `nn.Linear` over channels, to be folded into `quant_conv` /
-  `post_quant_conv` at export; every other buffer here is training state and is not exported.
+- every buffer other than the projections and `embedding.weight` is training state and is not exported.
 
-Distributed (vq_anchors §4: taming's EmbeddingEMA and ESPnet kept per-rank statistics, so replicas drifted).
-Every collective runs only in training-mode forwards with grad enabled, on every rank alike: k-means and
-restarts see the tokens of all ranks (`all_gather`, counts may differ per rank) and the EMA statistics are
+Distributed (taming's EmbeddingEMA and ESPnet kept per-rank statistics, so replicas drifted). Every
+collective runs only in training-mode forwards with grad enabled, on every rank alike: k-means and restarts
+see the tokens of all ranks (`all_gather`, counts may differ per rank) and the EMA statistics are
 all-reduced before the update, so all ranks apply the same update and keep identical codebooks.
-
-Shape letters: b batch, c (= dim) latent channels, h w latent height and width, n = b*h*w tokens,
-k codebook size (num_codes), d code dim (code_dim).
 """
 
 from __future__ import annotations
@@ -29,37 +25,27 @@ from typing import Literal
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor, nn
 
 from ldm_vae.errors import ConfigError
+from ldm_vae.models.quantizer.base import Quantizer, all_reduce_sum_, is_distributed
 
 _CHUNK_TOKENS = 4096  # k-means distance rows per chunk: (4096, k) fp32 is 256 MB at k = 16384
 
 # ---------------------------------------------------------------------------------------------------------
-# distributed helpers: no-ops in a single process
-
-
-def _is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def _all_reduce_sum_(x: Tensor) -> Tensor:
-    if _is_distributed():
-        dist.all_reduce(x, op=dist.ReduceOp.SUM)
-    return x
+# helpers
 
 
 def _broadcast_(x: Tensor) -> Tensor:
     """Rank 0's value everywhere, against bit-level differences between devices computing the same thing."""
-    if _is_distributed():
+    if is_distributed():
         dist.broadcast(x, src=0)
     return x
 
 
 def _all_gather_rows(x: Tensor) -> Tensor:
     """(n_rank, d) on each rank -> (sum of n_rank, d) in rank order on every rank; n_rank may differ."""
-    if not _is_distributed():
+    if not is_distributed():
         return x
     world = dist.get_world_size()
     size = torch.tensor([x.shape[0]], device=x.device)
@@ -71,10 +57,6 @@ def _all_gather_rows(x: Tensor) -> Tensor:
     gathered = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(gathered, padded)
     return torch.cat([rows[:count] for rows, count in zip(gathered, counts, strict=True)])
-
-
-# ---------------------------------------------------------------------------------------------------------
-# tensor helpers
 
 
 def _generator(seed: int, step: int) -> torch.Generator:
@@ -115,34 +97,33 @@ def _kmeans(x: Tensor, num_codes: int, iters: int, use_cosine: bool, generator: 
     return codes, counts
 
 
-def _perplexity(counts: Tensor) -> Tensor:
-    """exp(entropy) of the code histogram counts (k,): 1 if one code takes everything, k if uniform."""
-    p = counts.float() / counts.sum().clamp(min=1)
-    return torch.special.entr(p).sum().exp()
+def rotate_to_codes(vectors: Tensor, codes: Tensor, eps: float = 1e-6) -> Tensor:
+    """The rotation trick: forward value `codes` (n, d); gradient to `vectors` (n, d) is lambda R^T g.
 
-
-def codebook_usage(indices: Tensor, num_codes: int) -> dict[str, float]:
-    """Usage over a whole pass: perplexity of one batch depends on its size (vq_anchors §4, Metrics).
-
-    `usage` is the fraction of the k codes used at least once, `perplexity` is exp(entropy) of the histogram.
+    R is the rotation taking e = vectors[i] to the direction of q = codes[i] within the plane of the two,
+    R = I - 2 r r^T + 2 q^ e^T with e^ = e/|e|, q^ = q/|q|, r = (e^ + q^)/|e^ + q^|, and lambda = |q|/|e|,
+    so lambda R e = q. Both are constants (no gradient), which is the trick: the output is
+    sg(lambda R) e, so the upstream gradient reaches e rotated and rescaled instead of copied (Fifty et
+    al. 2025, eq. 4-5). R v is applied as two rank-one updates, without forming the (d, d) matrix.
+    `codes` must carry no gradient; the forward value is `codes` bit for bit, so export stays exact.
     """
-    assert indices.numel() == 0 or int(indices.max()) < num_codes, f"indices reach {int(indices.max())}"
-    counts = torch.bincount(indices.flatten().long(), minlength=num_codes)  # (k,)
-    return {"usage": (counts > 0).float().mean().item(), "perplexity": _perplexity(counts).item()}
-
-
-def _linear(layer: nn.Module, x: Tensor) -> Tensor:
-    """Apply a projection in fp32 even if the module was cast to bf16/fp16 (Identity passes x through)."""
-    if isinstance(layer, nn.Linear):
-        return F.linear(x, layer.weight.float(), layer.bias.float())
-    return layer(x)
+    with torch.no_grad():
+        e_norm = vectors.norm(dim=-1, keepdim=True).clamp(min=eps)  # (n, 1)
+        q_norm = codes.norm(dim=-1, keepdim=True)  # (n, 1)
+        e_hat, q_hat = vectors / e_norm, codes / q_norm.clamp(min=eps)
+        r = F.normalize(e_hat + q_hat, dim=-1, eps=eps)  # (n, d)
+        scale = q_norm / e_norm  # (n, 1)
+    along_r = (r * vectors).sum(dim=-1, keepdim=True)  # (n, 1) r.v
+    along_e = (e_hat * vectors).sum(dim=-1, keepdim=True)  # (n, 1) e^.v
+    rotated = scale * (vectors - 2 * r * along_r + 2 * q_hat * along_e)  # (n, d) lambda R v, = codes
+    return codes + (rotated - rotated.detach())
 
 
 # ---------------------------------------------------------------------------------------------------------
 # main class
 
 
-class VectorQuantizer(nn.Module):
+class VectorQuantizer(Quantizer):
     """VQ layer with diffusers' `VectorQuantizer` call signature, an EMA (or gradient) codebook and restarts.
 
     update="ema": the codebook is a moving average of the tokens assigned to it (VQ-VAE Appendix A.1), with
@@ -150,6 +131,10 @@ class VectorQuantizer(nn.Module):
     parameter and the loss adds the codebook term (VQ-VAE eq. 3, with beta on the ENCODER term, unlike
     diffusers' legacy order). With use_cosine in gradient mode the lookup uses normalised rows; call
     `normalize_codebook_()` after each optimizer step so the stored rows stay unit-norm for export.
+
+    gradient="straight_through" copies the decoder's gradient onto the token (VQ-VAE); "rotation" passes
+    it through the rotation and rescaling that maps the token onto its code (`rotate_to_codes`), so tokens
+    on either side of a code get different gradients. The forward value is the code either way.
 
     Statistics change on every training-mode forward with grad enabled, not per optimizer step: with
     gradient accumulation each micro-batch updates them; run extra passes (e.g. for the discriminator)
@@ -164,6 +149,7 @@ class VectorQuantizer(nn.Module):
         code_dim: int | None = None,
         commitment_weight: float = 0.25,
         update: Literal["ema", "gradient"] = "ema",
+        gradient: Literal["straight_through", "rotation"] = "straight_through",
         decay: float = 0.99,
         eps: float = 1e-5,
         use_cosine: bool = False,
@@ -172,15 +158,16 @@ class VectorQuantizer(nn.Module):
         dead_code_window_steps: int = 0,
         seed: int = 0,
     ):
-        super().__init__()
         code_dim = dim if code_dim is None else code_dim
         checks = [
             (num_codes >= 2, f"num_codes={num_codes} must be >= 2"),
-            (dim >= 1, f"dim={dim} must be >= 1 (channels of the latent fed to the quantizer)"),
-            (code_dim >= 1, f"code_dim={code_dim} must be >= 1, or None for code_dim = dim"),
             (not use_cosine or code_dim >= 2, f"use_cosine needs code_dim >= 2, got code_dim={code_dim}"),
             (commitment_weight >= 0, f"commitment_weight={commitment_weight} must be >= 0 (0.25 is usual)"),
             (update in ("ema", "gradient"), f"update={update!r} must be 'ema' or 'gradient'"),
+            (
+                gradient in ("straight_through", "rotation"),
+                f"gradient={gradient!r} must be 'straight_through' or 'rotation'",
+            ),
             (0.0 <= decay < 1.0, f"decay={decay} must be in [0, 1) (0.99 is usual)"),
             (eps > 0, f"eps={eps} must be > 0 (Laplace smoothing, 1e-5 is usual)"),
             (kmeans_iters >= 1, f"kmeans_iters={kmeans_iters} must be >= 1"),
@@ -190,9 +177,9 @@ class VectorQuantizer(nn.Module):
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
-        self.num_codes, self.dim, self.code_dim = num_codes, dim, code_dim
+        super().__init__(num_codes, dim, code_dim)
         self.commitment_weight = commitment_weight
-        self.update = update
+        self.update, self.gradient = update, gradient
         self.decay, self.eps = decay, eps
         self.use_cosine = use_cosine
         self.kmeans_init, self.kmeans_iters = kmeans_init, kmeans_iters
@@ -200,8 +187,6 @@ class VectorQuantizer(nn.Module):
         self.seed = seed
         self.last_restarts = 0  # codes restarted by the latest training forward, for logging (not state)
 
-        self.project_in = nn.Linear(dim, code_dim) if code_dim != dim else nn.Identity()
-        self.project_out = nn.Linear(code_dim, dim) if code_dim != dim else nn.Identity()
         self.embedding = nn.Embedding(num_codes, code_dim)
         with torch.no_grad():  # taming's uniform(-1/k, 1/k), from `seed` so every rank starts identical
             codes = torch.empty(num_codes, code_dim).uniform_(
@@ -214,59 +199,50 @@ class VectorQuantizer(nn.Module):
         # been assigned to it, so an unused code keeps its value under EMA instead of collapsing to 0.
         self.register_buffer("cluster_size", torch.ones(num_codes))  # (k,) EMA of assignment counts
         self.register_buffer("embed_sum", self.embedding.weight.detach().clone())  # (k, d) EMA of sums
-        self.register_buffer("steps_since_used", torch.zeros(num_codes, dtype=torch.long))  # (k,)
         self.register_buffer("initialized", torch.tensor(0, dtype=torch.uint8))  # 1 once (k-means) init ran
-        self.register_buffer("step", torch.tensor(0, dtype=torch.long))  # training forwards so far
 
     def extra_repr(self) -> str:
         return (
             f"num_codes={self.num_codes}, dim={self.dim}, code_dim={self.code_dim}, update={self.update!r}, "
-            f"use_cosine={self.use_cosine}, dead_code_window_steps={self.dead_code_window_steps}"
+            f"gradient={self.gradient!r}, use_cosine={self.use_cosine}, "
+            f"dead_code_window_steps={self.dead_code_window_steps}"
         )
 
-    # -- public -------------------------------------------------------------------------------------------
+    # -- Quantizer ----------------------------------------------------------------------------------------
 
-    def forward(self, z: Tensor) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor]]:
-        """z (b, dim, h, w) -> (z_q (b, dim, h, w), loss, (perplexity, usage_counts (k,), indices (b, h, w))).
-
-        The layout of diffusers' `VectorQuantizer.forward`, so `VQModel.decode` and `VQModel.forward` work.
-        Unlike diffusers, `indices` are (b, h, w) int64. `usage_counts` (code histogram) and `perplexity`
-        cover all ranks' tokens in a training forward (all-reduced for the EMA anyway), else this rank's.
-        The loss stays fp32; z_q comes back in z's dtype.
-        """
-        if z.ndim != 4 or z.shape[1] != self.dim:
-            raise ValueError(f"VectorQuantizer expects latents (b, {self.dim}, h, w), got {tuple(z.shape)}")
-        b, c, h, w = z.shape
-        is_updating = self.training and torch.is_grad_enabled()
-        with torch.autocast(z.device.type, enabled=False):  # distances, argmin and EMA all in fp32
-            x = rearrange(z.float(), "b c h w -> (b h w) c")  # (n, c)
-            tokens = _linear(self.project_in, x)  # (n, d) lookup space
-            unit = F.normalize(tokens, dim=-1) if self.use_cosine else tokens  # (n, d) what gets quantised
-            if is_updating and not bool(self.initialized):
-                self._initialize_(unit.detach())
-            codes = self._codes()  # (k, d)
-            with torch.no_grad():  # diffusers' exact lookup; unit-norm codes make it the cosine argmax
-                idx = torch.cdist(tokens, codes).argmin(dim=1)  # (n,) int64 in [0, k)
-            code = codes[idx]  # (n, d)
-            loss = self.commitment_weight * F.mse_loss(unit, code.detach())  # encoder term, beta (eq. 3)
-            if self.update == "gradient":
-                loss = loss + F.mse_loss(unit.detach(), code)  # codebook term, weight 1 (eq. 3)
-            counts = torch.bincount(idx, minlength=self.num_codes).float()  # (k,) this rank
-            if is_updating:
-                counts = self._update_(unit.detach(), idx, counts)  # (k,) all ranks
+    def _quantize(self, tokens: Tensor, is_updating: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        unit = F.normalize(tokens, dim=-1) if self.use_cosine else tokens  # (n, d) what gets quantised
+        if is_updating and not bool(self.initialized):
+            self._initialize_(unit.detach())
+        codes = self._codes()  # (k, d)
+        with torch.no_grad():  # diffusers' exact lookup; unit-norm codes make it the cosine argmax
+            idx = torch.cdist(tokens, codes).argmin(dim=1)  # (n,) int64 in [0, k)
+        code = codes[idx]  # (n, d)
+        loss = self.commitment_weight * F.mse_loss(unit, code.detach())  # encoder term, beta (eq. 3)
+        if self.update == "gradient":
+            loss = loss + F.mse_loss(unit.detach(), code)  # codebook term, weight 1 (eq. 3)
+        counts = torch.bincount(idx, minlength=self.num_codes).float()  # (k,) this rank
+        if is_updating:
+            counts = self._update_(unit.detach(), idx, counts)  # (k,) all ranks
+        if self.gradient == "rotation":
+            quantized = rotate_to_codes(unit, code.detach())
+        else:
             quantized = unit + (code - unit).detach()  # straight-through: forward = code, backward = identity
-            z_q = rearrange(_linear(self.project_out, quantized), "(b h w) c -> b c h w", b=b, h=h, w=w)
-        return z_q.to(z.dtype), loss, (_perplexity(counts), counts, idx.view(b, h, w))
+        return quantized, idx, loss, counts
 
-    def indices_to_codes(self, indices: Tensor) -> Tensor:
-        """Token ids (b, h, w) -> latents (b, dim, h, w): what `forward` returns for inputs mapped to them."""
-        with torch.autocast(indices.device.type, enabled=False):
-            code = self._codes()[indices]  # (b, h, w, d)
-            return rearrange(_linear(self.project_out, code), "b h w c -> b c h w")
+    def _code_vectors(self, indices: Tensor) -> Tensor:
+        return self._codes()[indices]
 
-    def get_codebook_entry(self, indices: Tensor, shape: tuple[int, ...]) -> Tensor:
-        """diffusers' name, used by `VQModel.decode(ids, force_not_quantize=True, shape=(b, h, w, c))`."""
-        return self.indices_to_codes(indices.reshape(shape[:3]))
+    def codebook(self) -> Tensor:
+        """`embedding.weight`; unit rows with use_cosine (gradient-mode rows drift off the sphere between
+        `normalize_codebook_` calls, and the lookup always normalised them)."""
+        codes = self.embedding.weight.detach().float()
+        return F.normalize(codes, dim=-1) if self.use_cosine else codes
+
+    def health(self) -> dict[str, float]:
+        return {**super().health(), "restarted_codes": self.last_restarts}
+
+    # -- public -------------------------------------------------------------------------------------------
 
     @torch.no_grad()
     def normalize_codebook_(self) -> None:
@@ -316,13 +292,13 @@ class VectorQuantizer(nn.Module):
     def _update_(self, unit: Tensor, idx: Tensor, counts: Tensor) -> Tensor:
         """EMA codebook update (VQ-VAE App. A.1), usage bookkeeping, restarts; returns all ranks' counts."""
         sums = unit.new_zeros(self.num_codes, self.code_dim).index_add_(0, idx, unit)  # (k, d) one-hot^T @ x
-        stats = _all_reduce_sum_(torch.cat([counts[:, None], sums], dim=1))  # (k, 1 + d): one collective
+        stats = all_reduce_sum_(torch.cat([counts[:, None], sums], dim=1))  # (k, 1 + d): one collective
         counts_all, sums_all = stats[:, 0], stats[:, 1:]
         self.cluster_size.mul_(self.decay).add_(counts_all, alpha=1 - self.decay)  # eq. (6)
         if self.update == "ema":
             self.embed_sum.mul_(self.decay).add_(sums_all, alpha=1 - self.decay)  # eq. (7)
             self.embedding.weight.copy_(self._ema_codes())  # eq. (8)
-        self.steps_since_used.add_(1).masked_fill_(counts_all > 0, 0)  # same on all ranks: global counts
+        self._mark_used_(counts_all)  # same on all ranks: global counts
         self.last_restarts = 0
         if self.dead_code_window_steps > 0:
             self._restart_dead_codes_(unit)

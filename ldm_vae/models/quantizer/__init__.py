@@ -1,0 +1,25 @@
+"""Training-time replacements for `diffusers.VQModel.quantize`, each exportable as a plain VQModel.
+
+- `VectorQuantizer` (kind: vq): a learned codebook (EMA or gradient), optionally with the rotation trick.
+- `FiniteScalarQuantizer` (kind: fsq): a fixed product grid of levels per channel.
+- `LookupFreeQuantizer` (kind: lfq): the signs of the channels, with an entropy penalty.
+
+All share `Quantizer` (base.py): diffusers' call signature, `project_in` / `project_out`, usage counters
+and `codebook()`, the rows `export_vqmodel` writes into `quantize.embedding.weight`.
+"""
+
+from ldm_vae.metrics.codebook import codebook_usage
+from ldm_vae.models.quantizer.base import MAX_ENUMERATED_CODES, Quantizer, check_enumerable
+from ldm_vae.models.quantizer.scalar import FiniteScalarQuantizer, LookupFreeQuantizer
+from ldm_vae.models.quantizer.vector import VectorQuantizer, rotate_to_codes
+
+__all__ = [
+    "MAX_ENUMERATED_CODES",
+    "FiniteScalarQuantizer",
+    "LookupFreeQuantizer",
+    "Quantizer",
+    "VectorQuantizer",
+    "check_enumerable",
+    "codebook_usage",
+    "rotate_to_codes",
+]

@@ -1,0 +1,163 @@
+"""What every quantizer kind shares: diffusers' call signature, the projections, usage bookkeeping, export.
+
+Export contract. diffusers' `VQModel` quantises with `argmin(cdist(z, quantize.embedding.weight))` on the raw
+`quant_conv` output and decodes `post_quant_conv(embedding[idx])`. A quantizer here therefore
+- projects with plain `nn.Linear` layers (`project_in` / `project_out`, folded into the 1x1 convs at export),
+- picks, in its training forward, exactly the row of `codebook()` nearest (Euclidean) to the projected token,
+- returns that row (through `project_out`) as the forward value, whatever its gradient is.
+
+Distributed: in a training-mode forward with grad enabled, the code histogram is summed over all ranks
+(one collective, on every rank alike), so usage counters stay identical across replicas.
+
+Shape letters: b batch, c (= dim) latent channels, h w latent height and width, n = b*h*w tokens,
+k number of codes, d code dimension (code_dim).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from ldm_vae.errors import ConfigError
+from ldm_vae.metrics.codebook import perplexity
+
+# Largest vocabulary enumerated into `quantize.embedding.weight`. The table itself is small (2^18 x 18 fp32 =
+# 18 MiB), but diffusers' lookup builds a (tokens, codes) distance matrix: 1 MiB per token at 2^18 codes.
+MAX_ENUMERATED_CODES = 2**18
+
+
+def check_enumerable(num_codes: int, code_dim: int, what: str) -> None:
+    """ConfigError (one line, with the memory) when a vocabulary is too large to export as a VQModel."""
+    if num_codes <= MAX_ENUMERATED_CODES:
+        return
+    table_mib = num_codes * code_dim * 4 / 2**20
+    per_token_mib = num_codes * 4 / 2**20
+    latent_gib = per_token_mib * 32 * 32 / 1024
+    raise ConfigError(
+        f"{what}: {num_codes} codes cannot be exported as a diffusers VQModel, which enumerates every code "
+        f"in quantize.embedding ({table_mib:.0f} MiB) and looks tokens up with a tokens x codes distance "
+        f"matrix ({per_token_mib:.0f} MiB per token, {latent_gib:.0f} GiB for one 32x32 latent); "
+        f"use at most {MAX_ENUMERATED_CODES} (2^18) codes"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# distributed helpers: no-ops in a single process
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def all_reduce_sum_(x: Tensor) -> Tensor:
+    if is_distributed():
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+    return x
+
+
+def linear_fp32(layer: nn.Module, x: Tensor) -> Tensor:
+    """Apply a projection in fp32 even if the module was cast to bf16/fp16 (Identity passes x through)."""
+    if isinstance(layer, nn.Linear):
+        return F.linear(x, layer.weight.float(), layer.bias.float())
+    return layer(x)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# base class
+
+
+class Quantizer(nn.Module):
+    """Base of every kind: `forward` with the layout of diffusers' `VectorQuantizer.forward`.
+
+    A subclass implements `_quantize` (tokens -> codes, indices, loss), `_code_vectors` (indices -> code
+    rows) and `codebook` (every code, for export). Usage is tracked here for all kinds: `steps_since_used`
+    counts training forwards since each code was last chosen, so `dead_codes()` means the same everywhere.
+    """
+
+    def __init__(self, num_codes: int, dim: int, code_dim: int):
+        super().__init__()
+        if dim < 1:
+            raise ConfigError(f"dim={dim} must be >= 1 (channels of the latent fed to the quantizer)")
+        if code_dim < 1:
+            raise ConfigError(f"code_dim={code_dim} must be >= 1")
+        self.num_codes, self.dim, self.code_dim = num_codes, dim, code_dim
+        self.project_in = nn.Linear(dim, code_dim) if code_dim != dim else nn.Identity()
+        self.project_out = nn.Linear(code_dim, dim) if code_dim != dim else nn.Identity()
+        # Training state, persistent so a resume continues exactly.
+        self.register_buffer("steps_since_used", torch.zeros(num_codes, dtype=torch.long))  # (k,)
+        self.register_buffer("step", torch.tensor(0, dtype=torch.long))  # training forwards so far
+
+    # -- what a subclass provides -------------------------------------------------------------------------
+
+    def _quantize(self, tokens: Tensor, is_updating: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """tokens (n, d) fp32 -> (quantized (n, d): forward value = the chosen code rows, with the kind's
+        gradient; indices (n,) int64; loss (); counts (k,), summed over ranks when `is_updating`)."""
+        raise NotImplementedError
+
+    def _code_vectors(self, indices: Tensor) -> Tensor:
+        """indices (n,) int64 -> code rows (n, d) fp32, the rows `codebook()` holds at those indices."""
+        raise NotImplementedError
+
+    def codebook(self) -> Tensor:
+        """Every code (k, d) fp32, in index order: what export stores as `quantize.embedding.weight`."""
+        raise NotImplementedError
+
+    def health(self) -> dict[str, float]:
+        """Scalars to log after a training step; subclasses add their own."""
+        return {"dead_codes": self.dead_codes()}
+
+    # -- public -------------------------------------------------------------------------------------------
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor]]:
+        """z (b, dim, h, w) -> (z_q (b, dim, h, w), loss, (perplexity, usage_counts (k,), indices (b, h, w))).
+
+        The layout of diffusers' `VectorQuantizer.forward`, so `VQModel.decode` and `VQModel.forward` work.
+        Unlike diffusers, `indices` are (b, h, w) int64. `usage_counts` and `perplexity` cover all ranks'
+        tokens in a training forward, else this rank's. The loss stays fp32; z_q comes back in z's dtype.
+        """
+        if z.ndim != 4 or z.shape[1] != self.dim:
+            raise ValueError(
+                f"{type(self).__name__} expects latents (b, {self.dim}, h, w), got {tuple(z.shape)}"
+            )
+        b, c, h, w = z.shape
+        is_updating = self.training and torch.is_grad_enabled()
+        with torch.autocast(z.device.type, enabled=False):  # lookup, losses and statistics all in fp32
+            x = rearrange(z.float(), "b c h w -> (b h w) c")  # (n, c)
+            tokens = linear_fp32(self.project_in, x)  # (n, d) lookup space: the folded quant_conv's output
+            quantized, idx, loss, counts = self._quantize(tokens, is_updating)
+            z_q = rearrange(linear_fp32(self.project_out, quantized), "(b h w) c -> b c h w", b=b, h=h, w=w)
+        return z_q.to(z.dtype), loss, (perplexity(counts), counts, idx.view(b, h, w))
+
+    def indices_to_codes(self, indices: Tensor) -> Tensor:
+        """Token ids (b, h, w) -> latents (b, dim, h, w): what `forward` returns for inputs mapped to them."""
+        b, h, w = indices.shape
+        with torch.autocast(indices.device.type, enabled=False):
+            code = self._code_vectors(indices.reshape(-1))  # (n, d)
+            return rearrange(linear_fp32(self.project_out, code), "(b h w) c -> b c h w", b=b, h=h, w=w)
+
+    def get_codebook_entry(self, indices: Tensor, shape: tuple[int, ...]) -> Tensor:
+        """diffusers' name, used by `VQModel.decode(ids, force_not_quantize=True, shape=(b, h, w, c))`."""
+        return self.indices_to_codes(indices.reshape(shape[:3]))
+
+    def dead_codes(self) -> int:
+        """Codes not chosen in the latest training forward, or longer (see `steps_since_used`)."""
+        return int((self.steps_since_used >= 1).sum())
+
+    # -- usage bookkeeping --------------------------------------------------------------------------------
+
+    def _count(self, idx: Tensor, is_updating: bool) -> Tensor:
+        """Histogram (k,) of this forward's codes; in training, over all ranks, and recorded as usage."""
+        counts = torch.bincount(idx, minlength=self.num_codes).float()  # (k,) this rank
+        if is_updating:
+            counts = all_reduce_sum_(counts)  # (k,) all ranks
+            self._mark_used_(counts)
+            self.step.add_(1)
+        return counts
+
+    @torch.no_grad()
+    def _mark_used_(self, counts: Tensor) -> None:
+        """Advance every code's unused counter; reset those chosen in this forward (all ranks' counts)."""
+        self.steps_since_used.add_(1).masked_fill_(counts > 0, 0)
