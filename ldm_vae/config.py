@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -105,7 +106,8 @@ class DataConfig:
 
 @dataclass
 class QuantizerConfig:
-    """Quantizer of model.kind: vq. Defaults: the techniques that keep a codebook alive (see quantizer.py)."""
+    """Quantizer of model.kind: vq (see ldm_vae/models/quantizer/). kind picks a learned codebook (vq, whose
+    defaults are the techniques that keep a codebook alive), an FSQ grid (fsq) or LFQ signs (lfq)."""
 
     num_codes: int = ranged(16384, ge=2, le=2**31 - 1)  # codebook size k
     # lookup dimension (projections fold into quant_conv at export); None = latent
@@ -121,11 +123,13 @@ class QuantizerConfig:
     usage_warning_below: float = ranged(0.5, ge=0, le=1)
     kind: Literal["vq", "fsq", "lfq"] = "vq"  # learned codebook, FSQ grid (levels) or LFQ signs (lfq_bits)
     gradient: Literal["straight_through", "rotation"] = "straight_through"  # vq: copy or rotation trick
-    levels: list[int] = field(default_factory=lambda: [8, 5, 5, 5])  # fsq: levels per channel, each >= 2
-    lfq_bits: int = 10  # lfq: channels, each a sign: 2**lfq_bits codes, 1 to 18
-    entropy_weight: float = 0.1  # lfq: >= 0, weight of (per-token entropy - gamma * codebook entropy)
-    codebook_entropy_weight: float = 1.0  # lfq: gamma >= 0, how hard the batch is spread over the codes
-    entropy_temperature: float = 0.01  # lfq: > 0, soft assignment softmax(-|u - c|^2 / temperature)
+    # fsq: levels per channel, each >= 2; prod(levels) codes, at most 2**18 ([8, 5, 5, 5] = 1000)
+    levels: list[int] = ranged(factory=lambda: [8, 5, 5, 5], ge=2)
+    lfq_bits: int = ranged(10, ge=1)  # lfq: channels, each a sign: 2**lfq_bits codes, at most 18 bits
+    # lfq: weight of (per-token entropy - codebook_entropy_weight * entropy of the batch's mean assignment)
+    entropy_weight: float = ranged(0.1, ge=0)
+    codebook_entropy_weight: float = ranged(1.0, ge=0)  # lfq: gamma, how hard the batch is spread over codes
+    entropy_temperature: float = ranged(0.01, gt=0)  # lfq: soft assignment softmax(-|u - c|^2 / temperature)
 
 
 @dataclass
@@ -163,8 +167,9 @@ class LossConfig:
     disc_channels: int = ranged(64, ge=1)  # PatchGAN width of the first layer
     disc_norm: Literal["group", "batch"] = "group"  # batch makes D depend on the per-process batch
     adaptive_weight_max: float = ranged(1e4, gt=0)  # clamp of the adaptive weight
-    lecam_weight: float = 0.0  # LeCAM regulariser on the discriminator, >= 0 (MAGVIT-v2: 0.001); 0 = off
-    lecam_decay: float = 0.99  # EMA decay of the mean real/fake logits LeCAM anchors to, in [0, 1)
+    # LeCAM regulariser on the discriminator (MAGVIT-v2 uses 0.001); 0 = off
+    lecam_weight: float = ranged(0.0, ge=0)
+    lecam_decay: float = ranged(0.99, ge=0, lt=1)  # EMA decay of the mean real/fake logits LeCAM anchors to
     # EQ-VAE: >= 0; decode a scaled/rotated latent vs the same image; 0 = off
     equivariance_weight: float = ranged(0.0, ge=0)
 
@@ -505,9 +510,37 @@ def check_widths(blocks: list[int], groups: int, key: str) -> None:
 def check_quantizer(model: ModelConfig, loss: LossConfig) -> None:
     """What a diffusers VQModel export can represent, and what the quantizer can train."""
     q = model.quantizer
+# Largest vocabulary an FSQ/LFQ export enumerates into `quantize.embedding.weight`. The table is small
+# (2^18 x 18 fp32 = 18 MiB), but diffusers' lookup builds a (tokens, codes) distance matrix: 1 MiB per
+# token at 2^18 codes.
+MAX_ENUMERATED_CODES = 2**18
+
+
+def check_enumerable(num_codes: int, code_dim: int, what: str) -> None:
+    """ConfigError (one line, with the memory) when a vocabulary is too large to export as a VQModel."""
+    per_token_mib = num_codes * 4 / 2**20
+    _require(
+        num_codes <= MAX_ENUMERATED_CODES,
+        f"{what}: {num_codes} codes cannot be exported as a diffusers VQModel, which enumerates every code "
+        f"in quantize.embedding ({num_codes * code_dim * 4 / 2**20:.0f} MiB) and looks tokens up with a "
+        f"tokens x codes distance matrix ({per_token_mib:.0f} MiB per token, {per_token_mib:.0f} GiB for one "
+        f"32x32 latent); use at most {MAX_ENUMERATED_CODES} (2^18) codes",
+    )
+
+
     code_dim = q.code_dim or model.latent_channels
     _require(
         not (q.use_cosine and code_dim == 1 and q.num_codes > 2),
+    _require(
+        q.gradient == "straight_through" or q.kind == "vq",
+        f"model.quantizer.gradient={q.gradient} with kind={q.kind}: the rotation trick rotates tokens onto a "
+        "learned codebook (kind=vq); use gradient=straight_through",
+    )
+    if q.kind == "fsq":
+        _require(len(q.levels) >= 1, "model.quantizer.levels=[]: FSQ needs at least one channel")
+        check_enumerable(math.prod(q.levels), len(q.levels), f"model.quantizer.levels={q.levels}")
+    if q.kind == "lfq":
+        check_enumerable(2**q.lfq_bits, q.lfq_bits, f"model.quantizer.lfq_bits={q.lfq_bits}")
         f"model.quantizer.code_dim=1 with use_cosine=true: only 2 unit vectors exist in 1-D, not "
         f"{q.num_codes} codes; raise code_dim or set use_cosine=false",
     )
@@ -538,6 +571,11 @@ def validate_autoencoder_config(cfg: AutoencoderTrainConfig) -> None:
     _require(
         cfg.loss.equivariance_weight == 0 or model.kind == "kl",
         f"loss.equivariance_weight={cfg.loss.equivariance_weight}: only for model.kind=kl; set it to 0",
+    _require(
+        cfg.loss.lecam_weight == 0 or cfg.loss.disc_weight > 0,
+        f"loss.lecam_weight={cfg.loss.lecam_weight}: regularises the discriminator, which "
+        "loss.disc_weight=0 turns off; set loss.disc_weight > 0 or loss.lecam_weight=0",
+    )
     )
     _require(
         not cfg.train.gradient_checkpointing or model.kind == "kl",

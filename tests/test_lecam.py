@@ -55,8 +55,3 @@ def test_averages_are_checkpointed_and_resume_exactly():
     resumed_values = [resumed(real, fake) for real, fake in batches[3:]]
     assert all(torch.equal(a, b) for a, b in zip(values[3:], resumed_values, strict=True))
     assert torch.equal(whole.ema_real, resumed.ema_real) and torch.equal(whole.ema_fake, resumed.ema_fake)
-
-
-def test_bad_decay_is_refused():
-    with pytest.raises(ValueError, match="decay=1.0"):
-        LeCAM(decay=1.0)

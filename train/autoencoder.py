@@ -78,7 +78,10 @@ def build_models(
         )
     disc = None
     if cfg.loss.disc_weight > 0:
-        disc = PatchDiscriminator(3, cfg.loss.disc_channels, cfg.loss.disc_layers, cfg.loss.disc_norm)
+        lecam_decay = cfg.loss.lecam_decay if cfg.loss.lecam_weight > 0 else None  # LeCAM state lives in D
+        disc = PatchDiscriminator(
+            3, cfg.loss.disc_channels, cfg.loss.disc_layers, cfg.loss.disc_norm, lecam_decay
+        )
     return module, disc
 
 
@@ -170,13 +173,17 @@ def generator_loss(
 
 
 def discriminator_loss(
-    disc: torch.nn.Module, images: torch.Tensor, reconstruction: torch.Tensor
+    disc: torch.nn.Module,
+    images: torch.Tensor,
+    reconstruction: torch.Tensor,
+    lecam: torch.nn.Module | None = None,
+    lecam_weight: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Hinge loss on real images and detached reconstructions, in one forward (BatchNorm/DDP-safe)."""
+    """Hinge loss on real images and detached reconstructions, in one forward (BatchNorm/DDP-safe), plus
+    lecam_weight * LeCAM when the discriminator carries its averages (`lecam`)."""
     logits_real, logits_fake = disc(torch.cat([images, reconstruction.detach()])).chunk(2)
     loss = hinge_discriminator_loss(logits_real, logits_fake)
-    return loss, {
-        "train/d_loss": loss.detach(),
+    logs = {
         "train/logits_real": logits_real.detach().float().mean(),
         "train/logits_fake": logits_fake.detach().float().mean(),
     }
@@ -188,6 +195,12 @@ def ema_reconstruction(vae: torch.nn.Module, ema: EMAModel, images: torch.Tensor
     ema.store(vae.parameters())
     ema.copy_to(vae.parameters())
     try:
+    if lecam is not None:  # updates the averages (all processes' logits), then regularises against them
+        regularizer = lecam(logits_real, logits_fake)
+        loss = loss + lecam_weight * regularizer
+        logs["train/lecam_loss"] = regularizer.detach()
+    logs["train/d_loss"] = loss.detach()
+    return loss, logs
         return vae(images.to(next(vae.parameters()).device)).sample.float().cpu()
     finally:
         ema.restore(vae.parameters())
@@ -283,6 +296,7 @@ def train(cfg: AutoencoderTrainConfig) -> Path:
             f"{accelerator.num_processes} process(es), global batch {run.samples_per_step}"
         )
         if getattr(dataset, "skipped", None):
+    lecam = accelerator.unwrap_model(disc).lecam if disc is not None else None
             tracker.info(dataset.skip_report())
         if accelerator.is_main_process:  # only the main process logs reconstruction grids
             fixed = torch.stack(
@@ -316,7 +330,9 @@ def train(cfg: AutoencoderTrainConfig) -> Path:
                     accelerator.backward(g_loss)
                     nonfinite += ~torch.isfinite(g_loss.detach())
                     if disc_trains:
-                        d_loss, d_logs = discriminator_loss(disc, images, out["sample"])
+                        d_loss, d_logs = discriminator_loss(
+                            disc, images, out["sample"], lecam, cfg.loss.lecam_weight
+                        )
                         accelerator.backward(d_loss)
                         nonfinite += ~torch.isfinite(d_loss.detach())
                         logs.update(d_logs)
@@ -338,9 +354,8 @@ def train(cfg: AutoencoderTrainConfig) -> Path:
                         if warning:
                             tracker.info(f"step {progress.step}: {warning}")
                         last_active = active
-                else:
-                    scalars["codebook/dead_codes"] = autoencoder.quantize.dead_codes()
-                    scalars["codebook/restarted_codes"] = autoencoder.quantize.last_restarts  # last step
+                else:  # every quantizer kind: dead codes (+ restarts, LFQ entropies) of the last step
+                    scalars.update({f"codebook/{k}": v for k, v in autoencoder.quantize.health().items()})
                 run.log(scalars)
             if run.images_due():
                 grid = reconstruction_grid(fixed, ema_reconstruction(autoencoder, run.ema, fixed))

@@ -15,6 +15,9 @@ Why GroupNorm is the default (taming uses BatchNorm):
   stats that autograd saved for the first, and backward fails with the in-place modification error (unless
   `broadcast_buffers=False`).
 GroupNorm has no buffers and no batch dependence, so neither problem arises.
+
+With `lecam_decay` set, the discriminator carries LeCAM's running logit averages (losses/lecam.py) as its
+`lecam` submodule: they are its training state, so its checkpoint holds them and a resume continues exactly.
 """
 
 import math
@@ -22,6 +25,8 @@ from typing import Literal
 
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ldm_vae.losses.lecam import LeCAM
 
 # ----------------------------------------------------------------------------
 # helpers
@@ -78,6 +83,7 @@ class PatchDiscriminator(nn.Module):
         channels: int = 64,  # width of the first conv; later layers use up to 8x this
         num_layers: int = 3,  # stride-2 convs; 3 in LDM's KL configs, 2 in vq-f8/vq-f16
         norm: Literal["group", "batch"] = "group",  # see the module docstring for why not BatchNorm
+        lecam_decay: float | None = None,  # keep LeCAM's logit averages with this EMA decay; None = no LeCAM
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = [
@@ -101,6 +107,7 @@ class PatchDiscriminator(nn.Module):
         ]
         self.main = nn.Sequential(*layers)
         self.apply(_init_weights)
+        self.lecam = LeCAM(lecam_decay) if lecam_decay is not None else None
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits (b, 1, h', w') for images (b, c, h, w) in [-1, 1]; h' = h / 2^num_layers - 2."""

@@ -33,8 +33,6 @@ class LeCAM(nn.Module):
 
     def __init__(self, decay: float = 0.99):
         super().__init__()
-        if not 0.0 <= decay < 1.0:
-            raise ValueError(f"decay={decay} must be in [0, 1) (0.99 is usual)")
         self.decay = decay
         self.register_buffer("ema_real", torch.zeros(()))  # () fp32, mean D(x) averaged over steps
         self.register_buffer("ema_fake", torch.zeros(()))  # () fp32, mean D(G(z)) averaged over steps

@@ -8,8 +8,9 @@ All share `Quantizer` (base.py): diffusers' call signature, `project_in` / `proj
 and `codebook()`, the rows `export_vqmodel` writes into `quantize.embedding.weight`.
 """
 
+from ldm_vae.config import MAX_ENUMERATED_CODES
 from ldm_vae.metrics.codebook import codebook_usage
-from ldm_vae.models.quantizer.base import MAX_ENUMERATED_CODES, Quantizer, check_enumerable
+from ldm_vae.models.quantizer.base import Quantizer
 from ldm_vae.models.quantizer.scalar import FiniteScalarQuantizer, LookupFreeQuantizer
 from ldm_vae.models.quantizer.vector import VectorQuantizer, rotate_to_codes
 
@@ -19,7 +20,6 @@ __all__ = [
     "LookupFreeQuantizer",
     "Quantizer",
     "VectorQuantizer",
-    "check_enumerable",
     "codebook_usage",
     "rotate_to_codes",
 ]

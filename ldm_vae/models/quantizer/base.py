@@ -21,28 +21,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from ldm_vae.errors import ConfigError
 from ldm_vae.metrics.codebook import perplexity
-
-# Largest vocabulary enumerated into `quantize.embedding.weight`. The table itself is small (2^18 x 18 fp32 =
-# 18 MiB), but diffusers' lookup builds a (tokens, codes) distance matrix: 1 MiB per token at 2^18 codes.
-MAX_ENUMERATED_CODES = 2**18
-
-
-def check_enumerable(num_codes: int, code_dim: int, what: str) -> None:
-    """ConfigError (one line, with the memory) when a vocabulary is too large to export as a VQModel."""
-    if num_codes <= MAX_ENUMERATED_CODES:
-        return
-    table_mib = num_codes * code_dim * 4 / 2**20
-    per_token_mib = num_codes * 4 / 2**20
-    latent_gib = per_token_mib * 32 * 32 / 1024
-    raise ConfigError(
-        f"{what}: {num_codes} codes cannot be exported as a diffusers VQModel, which enumerates every code "
-        f"in quantize.embedding ({table_mib:.0f} MiB) and looks tokens up with a tokens x codes distance "
-        f"matrix ({per_token_mib:.0f} MiB per token, {latent_gib:.0f} GiB for one 32x32 latent); "
-        f"use at most {MAX_ENUMERATED_CODES} (2^18) codes"
-    )
-
 
 # ---------------------------------------------------------------------------------------------------------
 # distributed helpers: no-ops in a single process
@@ -79,10 +58,6 @@ class Quantizer(nn.Module):
 
     def __init__(self, num_codes: int, dim: int, code_dim: int):
         super().__init__()
-        if dim < 1:
-            raise ConfigError(f"dim={dim} must be >= 1 (channels of the latent fed to the quantizer)")
-        if code_dim < 1:
-            raise ConfigError(f"code_dim={code_dim} must be >= 1")
         self.num_codes, self.dim, self.code_dim = num_codes, dim, code_dim
         self.project_in = nn.Linear(dim, code_dim) if code_dim != dim else nn.Identity()
         self.project_out = nn.Linear(code_dim, dim) if code_dim != dim else nn.Identity()

@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ldm_vae.errors import ConfigError
-from ldm_vae.models.quantizer.base import Quantizer, check_enumerable
+from ldm_vae.config import check_enumerable
+from ldm_vae.models.quantizer.base import Quantizer
 
 
 class FiniteScalarQuantizer(Quantizer):
@@ -42,11 +42,7 @@ class FiniteScalarQuantizer(Quantizer):
     """
 
     def __init__(self, levels: list[int], dim: int, *, commitment_weight: float = 0.25):
-        levels = [int(level) for level in levels]
-        if not levels or min(levels) < 2:
-            raise ConfigError(f"levels={levels}: need at least one channel, each with >= 2 levels")
-        if commitment_weight < 0:
-            raise ConfigError(f"commitment_weight={commitment_weight} must be >= 0")
+        levels = [int(level) for level in levels]  # each >= 2 (declared on QuantizerConfig.levels)
         num_codes = math.prod(levels)
         check_enumerable(num_codes, len(levels), f"levels={levels}")
         super().__init__(num_codes, dim, len(levels))
@@ -112,15 +108,6 @@ class LookupFreeQuantizer(FiniteScalarQuantizer):
         codebook_entropy_weight: float = 1.0,
         temperature: float = 0.01,
     ):
-        checks = [
-            (bits >= 1, f"bits={bits} must be >= 1 (2^bits codes)"),
-            (entropy_weight >= 0, f"entropy_weight={entropy_weight} must be >= 0"),
-            (codebook_entropy_weight >= 0, f"codebook_entropy_weight={codebook_entropy_weight} must be >= 0"),
-            (temperature > 0, f"temperature={temperature} must be > 0 (0.01 is usual)"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
         check_enumerable(2**bits, bits, f"bits={bits}")
         super().__init__([2] * bits, dim, commitment_weight=commitment_weight)
         self.entropy_weight = entropy_weight

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from ldm_vae.errors import ConfigError
 from ldm_vae.models.quantizer.base import Quantizer, all_reduce_sum_, is_distributed
+from ldm_vae.seeds import torch_generator
 
 _CHUNK_TOKENS = 4096  # k-means distance rows per chunk: (4096, k) fp32 is 256 MB at k = 16384
 
@@ -57,11 +58,6 @@ def _all_gather_rows(x: Tensor) -> Tensor:
     gathered = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(gathered, padded)
     return torch.cat([rows[:count] for rows, count in zip(gathered, counts, strict=True)])
-
-
-def _generator(seed: int, step: int) -> torch.Generator:
-    """A CPU generator from (seed, step): the same draws on every rank, on any device, and after a resume."""
-    return torch.Generator().manual_seed((seed << 32) + step)
 
 
 def _sample_rows(x: Tensor, num: int, generator: torch.Generator) -> Tensor:
@@ -159,24 +155,11 @@ class VectorQuantizer(Quantizer):
         seed: int = 0,
     ):
         code_dim = dim if code_dim is None else code_dim
-        checks = [
-            (num_codes >= 2, f"num_codes={num_codes} must be >= 2"),
-            (not use_cosine or code_dim >= 2, f"use_cosine needs code_dim >= 2, got code_dim={code_dim}"),
-            (commitment_weight >= 0, f"commitment_weight={commitment_weight} must be >= 0 (0.25 is usual)"),
-            (update in ("ema", "gradient"), f"update={update!r} must be 'ema' or 'gradient'"),
-            (
-                gradient in ("straight_through", "rotation"),
-                f"gradient={gradient!r} must be 'straight_through' or 'rotation'",
-            ),
-            (0.0 <= decay < 1.0, f"decay={decay} must be in [0, 1) (0.99 is usual)"),
-            (eps > 0, f"eps={eps} must be > 0 (Laplace smoothing, 1e-5 is usual)"),
-            (kmeans_iters >= 1, f"kmeans_iters={kmeans_iters} must be >= 1"),
-            (dead_code_window_steps >= 0, f"dead_code_window_steps={dead_code_window_steps} must be >= 0"),
-            (0 <= seed < 2**31, f"seed={seed} must be in [0, 2**31)"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
+        # The config declares the ranges of the other arguments (ldm_vae/config.py QuantizerConfig).
+        if eps <= 0:
+            raise ConfigError(f"eps={eps} must be > 0 (Laplace smoothing, 1e-5 is usual)")
+        if kmeans_iters < 1:
+            raise ConfigError(f"kmeans_iters={kmeans_iters} must be >= 1")
         super().__init__(num_codes, dim, code_dim)
         self.commitment_weight = commitment_weight
         self.update, self.gradient = update, gradient
@@ -190,7 +173,7 @@ class VectorQuantizer(Quantizer):
         self.embedding = nn.Embedding(num_codes, code_dim)
         with torch.no_grad():  # taming's uniform(-1/k, 1/k), from `seed` so every rank starts identical
             codes = torch.empty(num_codes, code_dim).uniform_(
-                -1 / num_codes, 1 / num_codes, generator=_generator(seed, 0)
+                -1 / num_codes, 1 / num_codes, generator=torch_generator(seed, "quantizer", 0)
             )
             self.embedding.weight.copy_(F.normalize(codes, dim=-1) if use_cosine else codes)
         self.embedding.weight.requires_grad_(update == "gradient")
@@ -278,7 +261,7 @@ class VectorQuantizer(Quantizer):
                 self.num_codes,
                 self.kmeans_iters,
                 self.use_cosine,
-                _generator(self.seed, 0),
+                torch_generator(self.seed, "quantizer", 0),
             )
             _broadcast_(codes)
             _broadcast_(counts)
@@ -327,7 +310,9 @@ class VectorQuantizer(Quantizer):
         num_dead = int(dead.sum())
         if num_dead == 0:
             return
-        new = _sample_rows(_all_gather_rows(unit), num_dead, _generator(self.seed, int(self.step) + 1))
+        new = _sample_rows(
+            _all_gather_rows(unit), num_dead, torch_generator(self.seed, "quantizer", int(self.step) + 1)
+        )
         self.embedding.weight[dead] = new.to(self.embedding.weight.dtype)
         self.cluster_size[dead] = 1.0
         self.embed_sum[dead] = new
