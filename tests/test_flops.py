@@ -61,3 +61,24 @@ def test_measured_cpu_peak_is_positive_finite_and_quick():
     # the peak's numerator uses the counter's convention (2 n^3 per n x n matmul): MFU compares like with like
     matmul_flops = count_flops(lambda: torch.randn(256, 256) @ torch.randn(256, 256))
     assert matmul_flops == 2 * 256**3
+
+
+def test_train_ae_logs_tflops_and_mfu_with_flops_per_image_fixed_within_each_gan_phase(tmp_path):
+    """kl-tiny: steps 0-1 autoencoder only, step 2 the discriminator trains too, from step 3 the adversarial
+    term (and its adaptive weight) enters. The counted FLOPs per image only change between those phases."""
+    from conftest import tiny_config
+
+    from ldm_vae.train.autoencoder import train
+    from ldm_vae.training.tracking import read_stats
+
+    peak = 0.5  # TFLOP/s, given: MFU is then exactly achieved / 0.5
+    rows = read_stats(train(tiny_config(tmp_path, f"train.peak_tflops={peak}")))
+    assert [row["step"] for row in rows] == [1, 2, 3, 4, 5, 6]
+    for row in rows:
+        assert row["train/tflops_per_device"] > 0
+        assert row["train/mfu"] == pytest.approx(row["train/tflops_per_device"] / peak)
+    flops_per_image = [row["train/tflops_per_device"] * 1e12 / row["train/images_per_sec"] for row in rows]
+    ae_only, disc_trains, gan = flops_per_image[0], flops_per_image[2], flops_per_image[3]
+    assert flops_per_image[1] == pytest.approx(ae_only)
+    assert flops_per_image[4:] == pytest.approx([gan, gan])
+    assert ae_only < disc_trains < gan

@@ -18,8 +18,8 @@ weights.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Hashable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +37,7 @@ from ldm_vae.training.checkpoints import (
     check_resume_batch,
     resolve_resume,
 )
+from ldm_vae.training.flops import StepFlops, achieved_tflops, measure_peak_tflops
 from ldm_vae.training.replicas import check_replicas
 from ldm_vae.training.tracking import RunningMeans, RunTracker
 
@@ -67,6 +68,8 @@ class TrainingRun:
     grad_clip: float  # 0 = no clipping (the norm is still logged)
     samples_name: str  # "images" or "latents": names the throughput scalar
     divergence_advice: str  # what to try when the run stops on non-finite losses
+    peak_tflops: float  # the device's dense matmul peak, MFU's unit (train.peak_tflops or measured at start)
+    flops: StepFlops = field(default_factory=StepFlops)  # FLOPs of one micro-batch, counted once per phase
     running: RunningMeans = field(default_factory=RunningMeans)  # job scalars since the last log
     grad_norms: dict[str, torch.Tensor] = field(default_factory=dict)  # of the last applied step
     tracker: RunTracker | None = None  # set by `tracking()`
@@ -85,6 +88,11 @@ class TrainingRun:
             + micro * global_micro_batch
             + self.accelerator.process_index * self.train.batch_size
         )
+
+    def counting_flops(self, phase: Hashable = None) -> AbstractContextManager[None]:
+        """Wrap one micro-batch's forward and backward: its FLOPs are counted on the first micro-batch of
+        each `phase` (whatever changes the work of a step) and give the logged TFLOP/s and MFU."""
+        return self.flops.counting(phase)
 
     @contextmanager
     def tracking(self) -> Iterator[RunTracker]:
@@ -145,13 +153,16 @@ class TrainingRun:
         values.update({key: float(norm) for key, norm in self.grad_norms.items()})
         first_optimizer = next(iter(self.optimizers.values()))
         values["train/lr"] = first_optimizer.param_groups[0]["lr"]
-        values[f"train/{self.samples_name}_per_sec"] = self.tracker.samples_per_second(
-            self.progress.step, self.samples_per_step
-        )
+        rate = self.tracker.samples_per_second(self.progress.step, self.samples_per_step)
+        values[f"train/{self.samples_name}_per_sec"] = rate
+        if self.flops.current is not None:  # per device: this process's FLOPs over the step time
+            flops_per_step = self.flops.current * self.train.grad_accum_steps
+            values["train/tflops_per_device"] = achieved_tflops(flops_per_step, rate / self.samples_per_step)
+            values["train/mfu"] = values["train/tflops_per_device"] / self.peak_tflops
         values["train/nonfinite_steps"] = self.progress.nonfinite_steps
         values.update(scalars)
         self.tracker.scalars(self.progress.step, values)
-        self.tracker.postfix(values["train/loss"])
+        self.tracker.postfix(values, self.samples_name)
 
     def images_due(self) -> bool:
         """Image grids: main process only, never inside a streak of skipped steps."""
@@ -203,7 +214,10 @@ def start_run(
     `ema_target`, register the training state for checkpointing and restore `resume_from`.
 
     Models are prepared in the order given; a checkpoint holds each as `<name>.safetensors`.
+    `ema_target` (a diffusers model) also gets `train.gradient_checkpointing`.
     """
+    if train.gradient_checkpointing:
+        ema_target.enable_gradient_checkpointing()
     ema = EMAModel(ema_target.parameters(), decay=train.ema_decay)
     ema.to(accelerator.device)
     prepared = accelerator.prepare(*models.values(), *optimizers.values())
@@ -232,4 +246,5 @@ def start_run(
         grad_clip=grad_clip,
         samples_name=samples_name,
         divergence_advice=divergence_advice,
+        peak_tflops=train.peak_tflops or measure_peak_tflops(accelerator.device),
     )

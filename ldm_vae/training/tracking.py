@@ -45,8 +45,13 @@ class RunTracker:
         self._rate_time, self._rate_step = now, step
         return rate
 
-    def postfix(self, loss: float) -> None:
-        self.bar.set_postfix(loss=f"{loss:.4f}")
+    def postfix(self, values: dict[str, float], samples_name: str) -> None:
+        """Loss, throughput and MFU of the last log on the bar: `loss=0.0312, images/s=412, mfu=38%`."""
+        shown = {"loss": f"{values['train/loss']:.4f}"}
+        shown[f"{samples_name}/s"] = f"{values[f'train/{samples_name}_per_sec']:.3g}"
+        if "train/mfu" in values:
+            shown["mfu"] = f"{100 * values['train/mfu']:.1f}%"
+        self.bar.set_postfix(shown)
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         if self.is_main:
