@@ -1,8 +1,16 @@
-"""Latent diffusion sampling: a UNet denoises in the VAE's scaled latent space, then the VAE decodes."""
+"""Latent diffusion sampling: a UNet denoises in the VAE's scaled latent space, then the VAE decodes.
+
+This file is saved into every pipeline folder (diffusers' custom-pipeline convention), so it imports only
+torch and diffusers: `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` then loads the
+folder where ldm-vae is not installed. Bad arguments raise ValueError, as diffusers' pipelines do.
+"""
 
 from __future__ import annotations
 
 import inspect
+import json
+import shutil
+from pathlib import Path
 
 import torch
 from diffusers import (
@@ -15,9 +23,6 @@ from diffusers import (
 )
 from diffusers.utils.torch_utils import randn_tensor
 
-from ldm_vae.errors import ConfigError
-from ldm_vae.models.normalization import latent_shift_and_scale
-
 
 class LatentDiffusionPipeline(DiffusionPipeline):
     r"""
@@ -28,7 +33,9 @@ class LatentDiffusionPipeline(DiffusionPipeline):
     precedence (`shift = mean[c]`, `scale = 1 / std[c]`). A class-conditional UNet reserves its last class id
     (`num_class_embeds - 1`) as the null class for classifier-free guidance.
 
-    Load a saved pipeline with `LatentDiffusionPipeline.from_pretrained(path)` (no `custom_pipeline` needed).
+    Load a saved pipeline with `LatentDiffusionPipeline.from_pretrained(path)`, or without ldm-vae with
+    `DiffusionPipeline.from_pretrained(path, trust_remote_code=True)`, which runs the copy of this file saved
+    in the folder.
 
     Parameters:
         vae ([`AutoencoderKL`] or [`VQModel`]): the first stage; a `VQModel` quantizes in `decode`. None
@@ -52,15 +59,45 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         super().__init__()
         num_class_embeds = unet.config.num_class_embeds
         if class_names is not None and (num_class_embeds is None or len(class_names) != num_class_embeds - 1):
-            raise ConfigError(
+            raise ValueError(
                 f"class_names: {len(class_names)} given, but the UNet has "
                 f"{0 if num_class_embeds is None else num_class_embeds - 1} classes"
             )
         self.register_modules(vae=vae, unet=unet, scheduler=scheduler)
         self.register_to_config(class_names=list(class_names) if class_names is not None else None)
 
+    def save_pretrained(self, save_directory: str | Path, **kwargs) -> None:
+        """`DiffusionPipeline.save_pretrained`, plus this file beside the components, named in
+        `model_index.json` as `_class_name: [module, class]` so stock diffusers finds the code."""
+        super().save_pretrained(save_directory, **kwargs)
+        source = Path(inspect.getsourcefile(type(self)))
+        shutil.copyfile(source, Path(save_directory) / source.name)
+        index_path = Path(save_directory) / "model_index.json"
+        index = json.loads(index_path.read_text())
+        index["_class_name"] = [source.stem, type(self).__name__]
+        index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load_config(cls, *args, **kwargs):
+        """The saved config with `_class_name` as a plain name: loading through this class uses this class,
+        not the file copied into the folder (which only `DiffusionPipeline` with trust_remote_code runs)."""
+        loaded = super().load_config(*args, **kwargs)
+        config = loaded[0] if isinstance(loaded, tuple) else loaded
+        if isinstance(config.get("_class_name"), list):
+            config["_class_name"] = config["_class_name"][1]
+        return loaded
+
     def _shift_and_scale(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        shift, scale = latent_shift_and_scale(self.vae)  # (c or 1, 1, 1) each
+        """(shift, scale), each (c or 1, 1, 1) on z's device: per-channel `latents_mean`/`latents_std`
+        first (SDXL style), else `shift_factor` (0 if unset) and `scaling_factor` (SD3/FLUX use both)."""
+        config = self.vae.config
+        mean, std = config.get("latents_mean"), config.get("latents_std")
+        if mean is not None and std is not None:
+            shift = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+            scale = (1.0 / torch.tensor(std, dtype=torch.float64)).float().view(-1, 1, 1)
+        else:
+            shift = torch.full((1, 1, 1), float(config.get("shift_factor") or 0.0))
+            scale = torch.full((1, 1, 1), float(config.scaling_factor))
         return shift.to(z.device, z.dtype), scale.to(z.device, z.dtype)
 
     def latents_to_model_space(self, z: torch.Tensor) -> torch.Tensor:
@@ -83,11 +120,11 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         num_class_embeds = self.unet.config.num_class_embeds
         if num_class_embeds is None:
             if class_labels is not None:
-                raise ConfigError(
+                raise ValueError(
                     "class_labels given to an unconditional UNet (num_class_embeds=None); drop them"
                 )
             if guidance_scale != 1.0:
-                raise ConfigError(
+                raise ValueError(
                     f"guidance_scale={guidance_scale} needs a class-conditional UNet; use guidance_scale=1.0"
                 )
             return None
@@ -100,7 +137,7 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         labels = torch.as_tensor(class_labels, dtype=torch.long).flatten()
         for label in labels.tolist():
             if not 0 <= label < num_classes:
-                raise ConfigError(f"class label {label} is out of range; use labels in [0, {num_classes})")
+                raise ValueError(f"class label {label} is out of range; use labels in [0, {num_classes})")
         return labels
 
     def class_id(self, label: int | str) -> int:
@@ -109,7 +146,7 @@ class LatentDiffusionPipeline(DiffusionPipeline):
             return label
         names = self.config.class_names or []
         if label not in names:
-            raise ConfigError(f"class label {label!r} is not a class name of this pipeline: {names}")
+            raise ValueError(f"class label {label!r} is not a class name of this pipeline: {names}")
         return names.index(label)
 
     @torch.no_grad()
@@ -143,7 +180,7 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
         elif tuple(latents.shape) != shape:
-            raise ConfigError(f"latents have shape {tuple(latents.shape)}; expected {shape}")
+            raise ValueError(f"latents have shape {tuple(latents.shape)}; expected {shape}")
         # flow-matching schedulers start from unit noise and have no init_noise_sigma or scale_model_input
         init_sigma = getattr(self.scheduler, "init_noise_sigma", 1.0)
         latents = latents.to(device=device, dtype=self.unet.dtype) * init_sigma
@@ -202,7 +239,7 @@ class LatentDiffusionPipeline(DiffusionPipeline):
 
         ```py
         >>> import torch
-        >>> from pipelines import LatentDiffusionPipeline
+        >>> from ldm_vae.pipelines import LatentDiffusionPipeline
 
         >>> pipe = LatentDiffusionPipeline.from_pretrained("runs/ldm/pipeline")
         >>> images = pipe(class_labels=[0, 1], guidance_scale=3.0, num_inference_steps=50,
@@ -211,9 +248,9 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         ```
         """
         if output_type not in ("pil", "np", "pt"):
-            raise ConfigError(f"output_type={output_type!r} is unknown; use 'pil', 'np' or 'pt'")
+            raise ValueError(f"output_type={output_type!r} is unknown; use 'pil', 'np' or 'pt'")
         if self.vae is None:
-            raise ConfigError("this pipeline has no vae to decode with; call pipe.denoise(...) instead")
+            raise ValueError("this pipeline has no vae to decode with; call pipe.denoise(...) instead")
         latents = self.denoise(
             batch_size, class_labels, num_inference_steps, guidance_scale, generator, latents
         )

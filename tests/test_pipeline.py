@@ -12,9 +12,8 @@ from diffusers import (
     DPMSolverMultistepScheduler,
     VQModel,
 )
-from ldm_vae.pipelines import LatentDiffusionPipeline
 
-from ldm_vae.errors import ConfigError
+from ldm_vae.pipelines import LatentDiffusionPipeline
 
 
 def shifted_tiny_vae(kind: str) -> AutoencoderKL | VQModel:
@@ -89,21 +88,21 @@ def test_output_types(pipe):
 
 @pytest.mark.parametrize("label", [-1, 3, 7])
 def test_out_of_range_label_raises(pipe, label):
-    with pytest.raises(ConfigError, match=rf"class label {label} .*\[0, 3\)"):
+    with pytest.raises(ValueError, match=rf"class label {label} .*\[0, 3\)"):
         sample(pipe, class_labels=[0, label])
 
 
 def test_unconditional_unet_rejects_guidance_and_labels():
     pipe = make_pipe("kl", num_class_embeds=None)
     assert sample(pipe, batch_size=2).shape == (2, 3, 16, 16)
-    with pytest.raises(ConfigError, match="guidance_scale"):
+    with pytest.raises(ValueError, match="guidance_scale"):
         sample(pipe, guidance_scale=3.0)
-    with pytest.raises(ConfigError, match="class_labels"):
+    with pytest.raises(ValueError, match="class_labels"):
         sample(pipe, class_labels=[0])
 
 
 def test_wrong_latents_shape_raises(pipe):
-    with pytest.raises(ConfigError, match="latents"):
+    with pytest.raises(ValueError, match="latents"):
         sample(pipe, batch_size=2, latents=torch.randn(2, 4, 4, 4))
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from diffusers import (
     DDIMScheduler,
     DDPMScheduler,
@@ -21,23 +23,30 @@ SAMPLERS: dict[str, type[SchedulerMixin]] = {
 }
 
 
+def unet_layout(model: UNetConfig, latent_shape: tuple[int, int, int], attention: str) -> dict[str, Any]:
+    """The arguments UNet2DModel and UNet2DConditionModel share, for latents (c, h, w): the levels of the
+    config, with `attention` ("Attn" or "CrossAttn") blocks at its `attention_levels`."""
+    channels, height, width = latent_shape
+    levels = model.attention_levels
+    return {
+        "sample_size": height if height == width else (height, width),
+        "in_channels": channels,
+        "out_channels": channels,
+        "block_out_channels": tuple(model.block_out_channels),
+        "layers_per_block": model.layers_per_block,
+        "down_block_types": tuple(f"{attention}DownBlock2D" if a else "DownBlock2D" for a in levels),
+        "up_block_types": tuple(f"{attention}UpBlock2D" if a else "UpBlock2D" for a in reversed(levels)),
+        "norm_num_groups": model.norm_num_groups,
+        "dropout": model.dropout,
+    }
+
+
 def build_unet(model: UNetConfig, latent_shape: tuple[int, int, int], num_classes: int) -> UNet2DModel:
     """UNet2DModel for latents (c, h, w). Class-conditional: `num_classes + 1` embeddings, the last one the
     null class of classifier-free guidance (diffusers' UNet2DModel reserves none; DiT hard-codes 1000)."""
-    channels, height, width = latent_shape
-    down = tuple("AttnDownBlock2D" if attn else "DownBlock2D" for attn in model.attention_levels)
-    up = tuple("AttnUpBlock2D" if attn else "UpBlock2D" for attn in reversed(model.attention_levels))
     return UNet2DModel(
-        sample_size=height if height == width else (height, width),
-        in_channels=channels,
-        out_channels=channels,
-        block_out_channels=tuple(model.block_out_channels),
-        layers_per_block=model.layers_per_block,
-        down_block_types=down,
-        up_block_types=up,
+        **unet_layout(model, latent_shape, "Attn"),
         attention_head_dim=model.attention_head_dim,
-        norm_num_groups=model.norm_num_groups,
-        dropout=model.dropout,
         num_class_embeds=num_classes + 1 if model.class_conditional else None,
     )
 
