@@ -9,6 +9,7 @@ import copy
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -32,6 +33,8 @@ from ldm_vae.data.shapes import (
     colour_name,
 )
 from ldm_vae.errors import ConfigError
+from ldm_vae.latents import LatentDataset
+from ldm_vae.latents.writer import caption_rows
 from ldm_vae.models.text import (
     TextConditionedUNet,
     build_text_encoder,
@@ -43,6 +46,7 @@ from ldm_vae.models.text import (
 )
 from ldm_vae.pipelines.latent_diffusion import LatentDiffusionPipeline
 from ldm_vae.pipelines.stable_diffusion import save_stable_diffusion, stable_diffusion_pipeline
+from ldm_vae.train.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_TEXT_UNET = UNetConfig(
@@ -174,6 +178,44 @@ def test_shapes_text_source_and_random_colour_captions():
         ShapesDataset(4, 16, held_out=[("red", "triangle")])  # random colours cannot hold pairs out
     with pytest.raises(ValueError, match="held_out"):
         ShapesDataset(4, 16, colours="named", held_out=[("mauve", "triangle")])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# captions in the latent store
+
+
+@pytest.fixture(scope="module")
+def text_store(kl_model, tmp_path_factory) -> Path:
+    """builtin:shapes-text (48 images, 16 px) encoded in shards of 16."""
+    out = tmp_path_factory.mktemp("text_store") / "latents"
+    args = ["encode", "--model", str(kl_model), "--data", "builtin:shapes-text", "--builtin-samples", "48"]
+    assert main([*args, "--shard-size", "16", "--num-workers", "0", "--out", str(out)]) == 0
+    return out
+
+
+def test_encode_stores_captions_and_the_reader_returns_them(text_store, tmp_path):
+    manifest = json.loads((text_store / "manifest.json").read_text())
+    assert manifest["captions"] is True and manifest["captioned_samples"] == 48
+    store = LatentDataset(text_store, mode="mean", captions=True)
+    data = build_dataset("builtin:shapes-text", 16, 48, seed=0)
+    for i in (0, 17, 47):  # rows of three shards
+        z, label, caption = store[i]
+        assert caption == data.caption(store.sample_index(i)) == store.caption(i)
+        assert label == data[store.sample_index(i)][1] and z.shape == store.latent_shape
+    assert len(LatentDataset(text_store, mode="mean")[0]) == 2  # captions only when asked for
+
+    uncaptioned = tmp_path / "uncaptioned"
+    shutil.copytree(text_store, uncaptioned)
+    (uncaptioned / "manifest.json").write_text(json.dumps({**manifest, "captions": False}))
+    with pytest.raises(ConfigError, match="holds no captions"):
+        LatentDataset(uncaptioned, captions=True)
+
+
+def test_caption_rows_round_trip_any_utf8():
+    captions = ["a red circle", "", "un cœur rouge, ½ taille", "猫"]
+    rows = caption_rows(captions)
+    assert rows.dtype == torch.uint8 and rows.shape == (4, len(captions[2].encode()))
+    assert [bytes(row.tolist()).rstrip(b"\0").decode() for row in rows] == captions
 
 
 # ---------------------------------------------------------------------------------------------------------

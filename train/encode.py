@@ -28,6 +28,7 @@ from ldm_vae.latents.writer import (
     DTYPES,
     FORMAT,
     autoencoder_identity,
+    caption_rows,
     combine_statistics,
     completed_shard,
     encode_batch,
@@ -138,6 +139,8 @@ def encode(args: argparse.Namespace) -> Path:
         tensors = {key: torch.cat(values) for key, values in parts.items()}
         tensors = {k: (v.long() if k.startswith("indices") else v) for k, v in tensors.items()}
         tensors["sample_index"] = torch.tensor(list(rows), dtype=torch.long)
+        if callable(getattr(dataset, "caption", None)):  # text-to-image: captions ride along with the latents
+            tensors["captions"] = caption_rows([dataset.caption(i) for i in rows])
         save_shard(out, index, tensors, DTYPES[args.dtype])
     bar.close()
     state.wait_for_everyone()
@@ -164,6 +167,8 @@ def write_manifest(out: Path, plan: dict, num_shards: int, dataset: Dataset, tim
         "latent_shape": latent_shape,
         "num_samples": sum(s["count"] for s in sidecars),
         "classes": list(getattr(dataset, "classes", [])),
+        "captions": "captioned" in sidecars[0],  # shards hold `captions` (LatentDataset(captions=True))
+        "captioned_samples": sum(s.get("captioned", 0) for s in sidecars),  # of them, non-empty ones
         "shards": [{"file": s["file"], "count": s["count"], "sha256": s["sha256"]} for s in sidecars],
         "scaling": combine_statistics(sidecars),
         "skipped": [list(item) for item in getattr(dataset, "skipped", [])],

@@ -122,7 +122,8 @@ def normalization_tensors(
 
 
 class LatentDataset(Dataset):
-    """(z_model (c, h, w) float32, label) per sample of a latent store, in the writer's global order.
+    """(z_model (c, h, w) float32, label) per sample of a latent store, in the writer's global order;
+    (z_model, label, caption) with `captions=True`.
 
     mode: "sample" draws z from the KL posterior on every read (fresh torch.randn, so DataLoader worker
     seeding applies); "mean" returns its mean. A VQ store holds deterministic pre-quantisation latents, so
@@ -130,6 +131,7 @@ class LatentDataset(Dataset):
     normalization: "scale" z * scaling_factor (LDM, SD); "shift_scale" (z - mean) * scaling_factor (SD3,
     FLUX's shift_factor); "per_channel" (z - mean[c]) / std[c]; "none" z. `scale_and_shift()` inverts any.
     flip_probability: chance of returning the stored horizontally flipped sample instead.
+    captions: also return each sample's caption (a store encoded from a dataset with captions).
 
     Example:
         >>> data = LatentDataset("runs/latents", mode="sample")
@@ -144,6 +146,7 @@ class LatentDataset(Dataset):
         mode: Literal["sample", "mean"] = "sample",
         normalization: Literal["scale", "shift_scale", "per_channel", "none"] = "scale",
         flip_probability: float = 0.0,
+        captions: bool = False,
     ) -> None:
         self.root = Path(root).expanduser()
         if mode not in MODES:
@@ -159,9 +162,15 @@ class LatentDataset(Dataset):
                 f"flip_probability={flip_probability}, but {manifest_path} has no flipped latents "
                 "(flip: false); use flip_probability=0 or re-encode with flips"
             )
+        if captions and not self._manifest.get("captions"):
+            raise ConfigError(
+                f"{manifest_path} holds no captions: encode a dataset that has them (builtin:shapes, a "
+                "folder with .txt or metadata.jsonl captions, hf: or wds: with a caption column)"
+            )
         self.mode = mode
         self.normalization = normalization
         self.flip_probability = float(flip_probability)
+        self.captions = captions
 
         # Existence only: handles are opened lazily, in the process that reads (see `_handle`).
         self._paths = [self.root / shard["file"] for shard in self._manifest["shards"]]
@@ -265,13 +274,25 @@ class LatentDataset(Dataset):
             )
         return z
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | tuple[torch.Tensor, int, str]:
         shard, row = self._locate(index)
         # torch's RNG, not random/numpy: DataLoader reseeds it per worker, so workers draw different flips.
         use_flip = self.flip_probability > 0 and torch.rand(()).item() < self.flip_probability
         z = self._latent(shard, row, use_flip)  # (c, h, w)
         label = int(self._read(shard, row, "labels")[0])
+        if self.captions:
+            return (z - self._shift) * self._scale, label, self._caption(shard, row)
         return (z - self._shift) * self._scale, label
+
+    def _caption(self, shard: int, row: int) -> str:
+        """The writer's zero-padded UTF-8 row (`caption_rows`) back to text."""
+        return bytes(self._read(shard, row, "captions")[0].tolist()).rstrip(b"\0").decode("utf-8")
+
+    def caption(self, index: int) -> str:
+        """The caption of sample `index` ("" where its image had none)."""
+        if not self._manifest.get("captions"):
+            raise ConfigError(f"caption(): {self.root} holds no captions")
+        return self._caption(*self._locate(index))
 
     def indices(self, index: int, flipped: bool = False) -> torch.Tensor:
         """VQ code ids (h, w) int64 of sample `index`, of its flipped image if `flipped`."""

@@ -3,7 +3,8 @@
 Layout of an output folder (the reader is `ldm_vae.latents.reader.LatentDataset`):
     encode.json                 what is encoded (autoencoder identity, data, options); a rerun must match
     shard-NNNNN.safetensors     rows = samples in dataset order: KL `mean`, `logvar`; VQ `latents`, `indices`;
-                                `*_flip` for the flipped image when asked; `labels`, `sample_index`
+                                `*_flip` for the flipped image when asked; `labels`, `sample_index`;
+                                `captions` (UTF-8 bytes, see `caption_rows`) when the dataset has captions
     shard-NNNNN.json            sidecar: count, sha256 and the shard's latent statistics; written last,
                                 so a shard without a verifying sidecar is re-encoded on a rerun
     manifest.json               written by rank 0 once every shard is done (see `build_manifest`)
@@ -65,6 +66,16 @@ def encode_batch(model: ModelMixin, images: torch.Tensor) -> dict[str, torch.Ten
     return {"latents": latents, "indices": indices}
 
 
+def caption_rows(captions: list[str]) -> torch.Tensor:
+    """Captions as zero-padded rows of UTF-8 bytes, (n, longest) uint8: safetensors holds tensors only, and
+    this way they sit in the shard beside their latents, under its checksum, one row readable alone."""
+    encoded = [caption.encode("utf-8") for caption in captions]
+    rows = torch.zeros(len(encoded), max(1, *(len(data) for data in encoded)), dtype=torch.uint8)
+    for row, data in enumerate(encoded):
+        rows[row, : len(data)] = torch.tensor(list(data), dtype=torch.uint8)
+    return rows
+
+
 def latent_statistics(tensors: dict[str, torch.Tensor]) -> dict[str, list[float] | int]:
     """Per-channel sums of z and z^2 over what the diffusion model sees, in float64.
 
@@ -104,6 +115,8 @@ def save_shard(
         "sha256": file_sha256(path),
         "statistics": latent_statistics({k: v for k, v in stored.items() if not k.endswith("_flip")}),
     }
+    if "captions" in stored:
+        sidecar["captioned"] = int((stored["captions"][:, 0] != 0).sum())  # rows with a non-empty caption
     write_json_atomic(path.with_suffix(".json"), sidecar)
     return sidecar
 
