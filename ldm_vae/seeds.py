@@ -16,6 +16,7 @@ Stream names in use (one per independent kind of draw):
   quantizer        codebook init (position 0) and dead-code restarts (position = step)
   caption          which template writes the caption of builtin:shapes sample i (position = i)
   export_statistics  the posterior draws that measure an exported autoencoder's scaling_factor
+  equivariance     the EQ-VAE scale/rotation of autoencoder training step p (position = step)
 """
 
 from __future__ import annotations

@@ -9,25 +9,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, SchedulerMixin
 from ldm_vae.pipelines.latent_diffusion import LatentDiffusionPipeline
 from torch import Tensor
 
 from ldm_vae.config import SampleConfig
 from ldm_vae.errors import ConfigError
-from ldm_vae.metrics.classifier import SampleClassifier, accuracy, frechet_distance
+from ldm_vae.metrics.classifier import SampleClassifier, judge
+from ldm_vae.models.unet import sampling_scheduler
 
-SAMPLE_SCHEDULERS: dict[str, type[SchedulerMixin]] = {
-    "ddpm": DDPMScheduler,
-    "ddim": DDIMScheduler,
-    "dpm": DPMSolverMultistepScheduler,
-}
 UNCONDITIONAL_ROWS = 8
 
 
 def with_scheduler(pipe: LatentDiffusionPipeline, name: str) -> LatentDiffusionPipeline:
-    """`pipe` with its scheduler replaced by `name`, keeping the training schedule (betas, prediction)."""
-    pipe.scheduler = SAMPLE_SCHEDULERS[name].from_config(pipe.scheduler.config)
+    """`pipe` with its scheduler replaced by `name`, keeping the training schedule (betas, prediction, or
+    the flow path)."""
+    pipe.scheduler = sampling_scheduler(pipe.scheduler, name)
     return pipe
 
 
@@ -96,8 +92,5 @@ def score_pipeline(
         )  # (classes, per_class, 3, R, R) in [0, 1]
         samples = grid.flatten(0, 1) * 2 - 1
         labels = torch.arange(classifier.num_classes).repeat_interleave(per_class)
-        scores[f"guidance_{guidance:g}"] = {
-            "accuracy": accuracy(classifier, samples, labels),
-            "frechet_vs_real": frechet_distance(real_features, classifier.features(samples)),
-        }
+        scores[f"guidance_{guidance:g}"] = judge(classifier, samples, labels, real_features)
     return scores

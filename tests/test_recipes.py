@@ -3,20 +3,32 @@ flow samplers in the pipeline, and EQ-VAE's equivariance loss on constructed aut
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
-from conftest import tiny_unet, tiny_vae
+from conftest import tiny_config, tiny_unet, tiny_vae
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler, UNet2DModel
 from diffusers.models.unets.unet_2d import UNet2DOutput
 
 from ldm_vae.config import AutoencoderTrainConfig, DiffusionConfig, LDMTrainConfig, load_config
 from ldm_vae.errors import ConfigError
-from ldm_vae.losses import Transform, diffusion_loss, draw_timesteps, draw_transform, equivariance_loss
+from ldm_vae.losses import (
+    Transform,
+    diffusion_loss,
+    draw_timesteps,
+    draw_transform,
+    equivariance_loss,
+    transformed_decode,
+)
 from ldm_vae.losses.diffusion import min_snr_weight, signal_to_noise
 from ldm_vae.models import build_noise_scheduler, sampling_scheduler
 from ldm_vae.pipelines import LatentDiffusionPipeline
+from ldm_vae.train.autoencoder import train as ae_train
+from ldm_vae.train.cli import main
+from ldm_vae.train.ldm import train as ldm_train
+from ldm_vae.training.tracking import read_stats
 
 T = 1000
 
@@ -212,7 +224,7 @@ def ramp(side: int) -> torch.Tensor:
 def test_an_identity_autoencoder_is_exactly_equivariant(transform):
     images = torch.rand(2, 3, 16, 16) * 2 - 1
     latents = images.clone()  # f = 1: E = D = identity
-    assert equivariance_loss(lambda z: z, latents, images, transform) == 0
+    assert equivariance_loss(*transformed_decode(lambda z: z, latents, images, transform)) == 0
 
 
 @pytest.mark.parametrize("quarter_turns", [1, 2, 3])
@@ -223,7 +235,7 @@ def test_pooling_autoencoder_on_blocky_images_is_rotation_equivariant_at_f4(quar
     images = blocks.repeat_interleave(4, -1).repeat_interleave(4, -2)  # (2, 3, 32, 32)
     latents = torch.nn.functional.avg_pool2d(images, 4)
     decode = lambda z: z.repeat_interleave(4, -1).repeat_interleave(4, -2)  # noqa: E731
-    assert equivariance_loss(decode, latents, images, Transform(1.0, quarter_turns)) == 0
+    assert equivariance_loss(*transformed_decode(decode, latents, images, Transform(1.0, quarter_turns))) == 0
 
 
 def test_a_perfect_but_non_equivariant_autoencoder_is_penalised():
@@ -235,15 +247,19 @@ def test_a_perfect_but_non_equivariant_autoencoder_is_penalised():
     torch.testing.assert_close(decode(latents), images)
     quarter = Transform(1.0, 1)
     expected = (torch.rot90(ramp(16), 1, dims=(-2, -1)) - ramp(16)).square().mean()
-    torch.testing.assert_close(equivariance_loss(decode, latents, images, quarter), expected)
-    assert equivariance_loss(decode, latents, images, quarter, "l1") > 0
-    assert equivariance_loss(decode, latents, images, Transform(1.0, 2)) > 0
+    torch.testing.assert_close(
+        equivariance_loss(*transformed_decode(decode, latents, images, quarter)), expected
+    )
+    assert equivariance_loss(*transformed_decode(decode, latents, images, quarter), "l1") > 0
+    assert equivariance_loss(*transformed_decode(decode, latents, images, Transform(1.0, 2))) > 0
 
 
 def test_equivariance_gradient_reaches_the_decoder():
     decoder = torch.nn.Conv2d(3, 3, 1)
     images = torch.rand(2, 3, 8, 8)
-    equivariance_loss(decoder, images.clone(), images, Transform(0.5, 1)).backward()
+    decoded, target = transformed_decode(decoder, images.clone(), images, Transform(0.5, 1))
+    assert decoded.shape == target.shape == (2, 3, 4, 4)
+    equivariance_loss(decoded, target).backward()
     assert decoder.weight.grad is not None and decoder.weight.grad.abs().sum() > 0
 
 
@@ -281,3 +297,53 @@ def test_contradictory_recipe_options_are_refused_in_one_line(preset, overrides,
     cls = LDMTrainConfig if preset.startswith("ldm") else AutoencoderTrainConfig
     with pytest.raises(ConfigError, match=message):
         load_config(cls, preset, overrides)
+
+
+def test_transformed_decode_sizes_at_f4():
+    """8x8 latents of 32 px images downscaled by 0.75: a 6x6 latent decodes to 24 px, the target is 24 px."""
+    latents, images = torch.randn(2, 4, 8, 8), torch.randn(2, 3, 32, 32)
+    decode = lambda z: z[:, :3].repeat_interleave(4, -1).repeat_interleave(4, -2)  # noqa: E731
+    decoded, target = transformed_decode(decode, latents, images, Transform(0.75, 3))
+    assert decoded.shape == target.shape == (2, 3, 24, 24)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the jobs with the new options
+
+
+def test_train_ae_with_equivariance_adds_and_logs_the_term(tmp_path):
+    cfg = tiny_config(tmp_path / "eq", "loss.equivariance_weight=0.5", "loss.disc_weight=0")
+    ae_train(cfg)
+    stats = read_stats(tmp_path / "eq")
+    values = [row["train/equivariance_loss"] for row in stats if "train/equivariance_loss" in row]
+    assert len(values) == 6 and all(v > 0 for v in values)
+
+
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        ["diffusion.prediction_type=flow"],
+        ["diffusion.prediction_type=v_prediction", "diffusion.zero_terminal_snr=true"],
+    ],
+    ids=["flow", "v-zero-snr"],
+)
+def test_train_ldm_with_a_new_objective_exports_a_pipeline_that_samples_it(kl_model, tmp_path, recipe):
+    store = tmp_path / "latents"
+    args = ["encode", "--model", str(kl_model), "--builtin-samples", "16", "--num-workers", "0"]
+    assert main([*args, "--out", str(store)]) == 0
+    overrides = [
+        *("model.block_out_channels=[16,32]", "model.norm_num_groups=8", "model.attention_head_dim=8"),
+        *("data.num_workers=0", "train.batch_size=4", "train.max_steps=3", "train.log_every_steps=1"),
+        *("sample.per_class=1", "sample.num_inference_steps=2", "diffusion.timestep_sampling=logit_normal"),
+        f"data.latents={store}",
+        f"run_dir={tmp_path / 'ldm'}",
+        *recipe,
+    ]
+    run_dir = ldm_train(load_config(LDMTrainConfig, "ldm-tiny", overrides))
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["reload_max_abs_diff"] == 0
+    scheduler = LatentDiffusionPipeline.from_pretrained(run_dir / "pipeline").scheduler
+    flow = recipe == ["diffusion.prediction_type=flow"]
+    assert isinstance(scheduler, FlowMatchEulerDiscreteScheduler) == flow  # ldm-tiny samples with ddim
+    assert flow or scheduler.config.rescale_betas_zero_snr
+    assert all(math.isfinite(row["train/loss"]) for row in read_stats(run_dir))

@@ -26,6 +26,8 @@ from ldm_vae.losses import (
     adaptive_weight,
     default_heads_path,
     default_vgg16_path,
+    draw_transform,
+    equivariance_loss,
     generator_adversarial_loss,
     hinge_discriminator_loss,
 )
@@ -39,7 +41,7 @@ from ldm_vae.models import (
     downsampling_factor_of,
     latent_shape,
 )
-from ldm_vae.seeds import position_normals
+from ldm_vae.seeds import position_normals, torch_generator
 from ldm_vae.training.accelerator import build_accelerator, ignore_interrupts_in_worker, memory_format
 from ldm_vae.training.autoencoder_report import export_and_report, finish_run
 from ldm_vae.training.checkpoints import resume_point
@@ -154,6 +156,12 @@ def generator_loss(
         logs["train/vq_loss"] = out["vq_loss"].detach()
         logs["codebook/batch_usage"] = (out["usage"] > 0).float().mean()
         logs["codebook/perplexity"] = out["perplexity"].detach()
+    if "equivariant_sample" in out:  # EQ-VAE: D(tau(z)) against tau(x)
+        equivariance = equivariance_loss(
+            out["equivariant_sample"], out["equivariant_target"], cfg.loss.reconstruction
+        )
+        loss = loss + cfg.loss.equivariance_weight * equivariance
+        logs["train/equivariance_loss"] = equivariance.detach()
     if disc is not None:
         disc.requires_grad_(False)
         with accelerator.no_sync(disc):
@@ -311,6 +319,9 @@ def train(cfg: AutoencoderTrainConfig) -> Path:
             gan_enters = disc is not None and step >= cfg.loss.disc_start_steps
             disc_trains = disc is not None and step >= disc_train_start
             nonfinite = torch.zeros((), device=device)
+            transform = None  # EQ-VAE: one scale/rotation per step, keyed by the step
+            if cfg.loss.equivariance_weight > 0:
+                transform = draw_transform(torch_generator(cfg.seed, "equivariance", step))
             for micro in range(cfg.train.grad_accum_steps):
                 images, _ = next(batches)
                 images = images.to(device, non_blocking=True).contiguous(memory_format=layout)
@@ -323,7 +334,8 @@ def train(cfg: AutoencoderTrainConfig) -> Path:
                     accelerator.accumulate(ae, *([disc] if disc is not None else [])),
                     run.counting_flops(phase=(gan_enters, disc_trains)),  # the GAN terms add work
                 ):
-                    out = ae(images, noise)  # through the DDP wrapper: gradients all-reduce
+                    # through the DDP wrapper: gradients all-reduce
+                    out = ae(images, noise) if transform is None else ae(images, noise, transform)
                     g_loss, logs = generator_loss(
                         accelerator, out, images, disc if gan_enters else None, last_layer, lpips, cfg
                     )

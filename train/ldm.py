@@ -237,8 +237,8 @@ def train(cfg: LDMTrainConfig) -> Path:
         save_config(cfg, run_dir / "config.yaml")
         # only the main process samples grids, with the decoder on its device
         pipe = sampling_pipeline(cfg, raw_unet, session.vae.to(device), noise_scheduler, store.classes)
-    # add_noise indexes alphas_cumprod by timestep every step: keep it on the device once
-    noise_scheduler.alphas_cumprod = noise_scheduler.alphas_cumprod.to(device)
+    if hasattr(noise_scheduler, "alphas_cumprod"):  # the DDPM path indexes it every step: on the device once
+        noise_scheduler.alphas_cumprod = noise_scheduler.alphas_cumprod.to(device)
 
     batches = iter(build_loader(cfg, accelerator, store, progress.samples_seen))
     with run.tracking() as tracker:

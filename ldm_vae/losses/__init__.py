@@ -8,7 +8,7 @@ from ldm_vae.losses.discriminator import (
     generator_adversarial_loss,
     hinge_discriminator_loss,
 )
-from ldm_vae.losses.equivariance import Transform, draw_transform, equivariance_loss
+from ldm_vae.losses.equivariance import Transform, draw_transform, equivariance_loss, transformed_decode
 from ldm_vae.losses.kl import kl_to_standard_normal
 from ldm_vae.losses.perceptual import LPIPS, default_heads_path, default_vgg16_path
 
@@ -28,4 +28,5 @@ __all__ = [
     "kl_to_standard_normal",
     "min_snr_weight",
     "objective_of",
+    "transformed_decode",
 ]

@@ -44,24 +44,25 @@ def draw_transform(generator: torch.Generator) -> Transform:
             return Transform(scale, turns)
 
 
-def equivariance_loss(
+def transformed_decode(
     decode: Callable[[torch.Tensor], torch.Tensor],
     latents: torch.Tensor,
     images: torch.Tensor,
     transform: Transform,
-    reconstruction: str = "l2",
-) -> torch.Tensor:
-    """Mean per-pixel |D(tau(z)) - tau(x)| (l1) or its square (l2), in fp32.
-
-    latents (b, c, h, h), images (b, 3, f*h, f*h): the transformed latent is round(scale * h) wide and the
-    image is resized to f times that, so decoder and target agree in size.
-    """
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(D(tau(z)), tau(x)), both (b, 3, f * m, f * m), for latents (b, c, h, h) and images (b, 3, f*h, f*h):
+    the transformed latent is m = round(scale * h) wide and the image is resized to f times that."""
     side, factor = latents.shape[-1], images.shape[-1] // latents.shape[-1]
     assert latents.shape[-2] == side and images.shape[-2:] == (factor * side,) * 2, (
         f"latents {tuple(latents.shape)} and images {tuple(images.shape)}: expected square, f * h"
     )
     small = max(1, round(transform.scale * side))
-    decoded = decode(transform(latents, small))  # (b, 3, f * small, f * small)
-    target = transform(images, factor * small)
+    return decode(transform(latents, small)), transform(images, factor * small)
+
+
+def equivariance_loss(
+    decoded: torch.Tensor, target: torch.Tensor, reconstruction: str = "l2"
+) -> torch.Tensor:
+    """Mean per-pixel |D(tau(z)) - tau(x)| (l1) or its square (l2) of a `transformed_decode` pair, fp32."""
     error = decoded.float() - target.float()
     return (error.abs() if reconstruction == "l1" else error.square()).mean()

@@ -12,6 +12,7 @@ from diffusers import AutoencoderKL, ModelMixin
 from torch import nn
 
 from ldm_vae.config import ModelConfig
+from ldm_vae.losses.equivariance import Transform, transformed_decode
 from ldm_vae.models.loading import load_autoencoder
 
 
@@ -88,15 +89,24 @@ class KLTrainingModule(nn.Module):
     def autoencoder(self) -> AutoencoderKL:
         return self.vae
 
-    def forward(self, images: torch.Tensor, noise: torch.Tensor) -> dict[str, torch.Tensor]:
-        """images (b, 3, H, W) in [-1, 1], noise (b, c, H/f, W/f) ~ N(0, I) -> reconstruction, posterior."""
+    def forward(
+        self, images: torch.Tensor, noise: torch.Tensor, transform: Transform | None = None
+    ) -> dict[str, torch.Tensor]:
+        """images (b, 3, H, W) in [-1, 1], noise (b, c, H/f, W/f) ~ N(0, I) -> reconstruction, posterior;
+        with an EQ-VAE `transform`, also the decoded transformed latent and the transformed images."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.decoder_only):
             posterior = self.vae.encode(images).latent_dist  # logvar clamped to [-30, 20]
         latents = posterior.mean + posterior.std * noise  # reparameterisation, (b, c, H/f, W/f)
         reconstruction = self.vae.decode(latents).sample  # (b, 3, H, W)
-        return {
+        out = {
             "sample": reconstruction,
             "mean": posterior.mean,
             "logvar": posterior.logvar,
             "output_logvar": self.output_logvar,
         }
+        if transform is not None:  # here, not in the loss, so the second decode also runs under DDP
+            decoded, target = transformed_decode(
+                lambda z: self.vae.decode(z).sample, latents, images, transform
+            )
+            out |= {"equivariant_sample": decoded, "equivariant_target": target}
+        return out
