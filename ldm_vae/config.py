@@ -93,9 +93,29 @@ def bounded_option(kind: type, **bounds: float) -> Any:
     return parse
 
 
+def add_image_data_options(parser: argparse.ArgumentParser, builtin_samples: int) -> None:
+    """--data, --resolution and --builtin-samples: how encode, eval-ae and interpolate name their images."""
+    parser.add_argument("--data", default="builtin:shapes", help="builtin:NAME, an image folder, hf: or wds:")
+    parser.add_argument(
+        "--resolution",
+        type=bounded_option(int, ge=8),
+        default=None,
+        help="pixels; default: the model's sample_size",
+    )
+    parser.add_argument(
+        "--builtin-samples",
+        type=bounded_option(int, ge=2),
+        default=builtin_samples,
+        help="size of a builtin dataset",
+    )
+
+
 @dataclass
 class DataConfig:
-    source: str = "builtin:shapes"  # builtin:NAME or an image folder
+    source: str = "builtin:shapes"  # builtin:NAME, an image folder, hf:NAME_OR_PATH[:split] or wds:PATTERN
+    image_column: str | None = None  # hf: column / wds: member extension holding the image; None = detect
+    label_column: str | None = None  # hf: column / wds: extension holding the class; None = detect
+    caption_column: str | None = None  # hf: column / wds: extension holding the caption; None = detect
     # shorter side resized, then centre-cropped to a square of this size
     resolution_px: int = ranged(32, ge=8)
     builtin_samples: int = ranged(8192, ge=2)  # number of samples a builtin dataset generates
@@ -110,7 +130,7 @@ class QuantizerConfig:
     defaults are the techniques that keep a codebook alive), an FSQ grid (fsq) or LFQ signs (lfq)."""
 
     num_codes: int = ranged(16384, ge=2, le=2**31 - 1)  # codebook size k
-    # lookup dimension (projections fold into quant_conv at export); None = latent
+    # vq: code dimension = quant_conv's output channels (the export's vq_embed_dim); None = latent_channels
     code_dim: int | None = ranged(8, ge=1)
     update: Literal["ema", "gradient"] = "ema"  # EMA codebook, or the plain VQ-VAE codebook loss
     decay: float = ranged(0.99, gt=0, lt=1)  # EMA decay of the codebook statistics
@@ -507,9 +527,6 @@ def check_widths(blocks: list[int], groups: int, key: str) -> None:
         )
 
 
-def check_quantizer(model: ModelConfig, loss: LossConfig) -> None:
-    """What a diffusers VQModel export can represent, and what the quantizer can train."""
-    q = model.quantizer
 # Largest vocabulary an FSQ/LFQ export enumerates into `quantize.embedding.weight`. The table is small
 # (2^18 x 18 fp32 = 18 MiB), but diffusers' lookup builds a (tokens, codes) distance matrix: 1 MiB per
 # token at 2^18 codes.
@@ -528,9 +545,9 @@ def check_enumerable(num_codes: int, code_dim: int, what: str) -> None:
     )
 
 
-    code_dim = q.code_dim or model.latent_channels
-    _require(
-        not (q.use_cosine and code_dim == 1 and q.num_codes > 2),
+def check_quantizer(model: ModelConfig, loss: LossConfig) -> None:
+    """What a diffusers VQModel export can represent, and what the quantizer can train."""
+    q = model.quantizer
     _require(
         q.gradient == "straight_through" or q.kind == "vq",
         f"model.quantizer.gradient={q.gradient} with kind={q.kind}: the rotation trick rotates tokens onto a "
@@ -541,6 +558,9 @@ def check_enumerable(num_codes: int, code_dim: int, what: str) -> None:
         check_enumerable(math.prod(q.levels), len(q.levels), f"model.quantizer.levels={q.levels}")
     if q.kind == "lfq":
         check_enumerable(2**q.lfq_bits, q.lfq_bits, f"model.quantizer.lfq_bits={q.lfq_bits}")
+    code_dim = q.code_dim or model.latent_channels
+    _require(
+        not (q.use_cosine and code_dim == 1 and q.num_codes > 2),
         f"model.quantizer.code_dim=1 with use_cosine=true: only 2 unit vectors exist in 1-D, not "
         f"{q.num_codes} codes; raise code_dim or set use_cosine=false",
     )
@@ -569,13 +589,13 @@ def validate_autoencoder_config(cfg: AutoencoderTrainConfig) -> None:
     if model.kind == "vq":
         check_quantizer(model, cfg.loss)
     _require(
-        cfg.loss.equivariance_weight == 0 or model.kind == "kl",
-        f"loss.equivariance_weight={cfg.loss.equivariance_weight}: only for model.kind=kl; set it to 0",
-    _require(
         cfg.loss.lecam_weight == 0 or cfg.loss.disc_weight > 0,
         f"loss.lecam_weight={cfg.loss.lecam_weight}: regularises the discriminator, which "
         "loss.disc_weight=0 turns off; set loss.disc_weight > 0 or loss.lecam_weight=0",
     )
+    _require(
+        cfg.loss.equivariance_weight == 0 or model.kind == "kl",
+        f"loss.equivariance_weight={cfg.loss.equivariance_weight}: only for model.kind=kl; set it to 0",
     )
     _require(
         not cfg.train.gradient_checkpointing or model.kind == "kl",

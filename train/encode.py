@@ -21,7 +21,7 @@ from safetensors import safe_open
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from ldm_vae.config import bounded_option
+from ldm_vae.config import add_image_data_options, bounded_option
 from ldm_vae.data import build_dataset
 from ldm_vae.errors import ConfigError
 from ldm_vae.latents.writer import (
@@ -41,18 +41,9 @@ from ldm_vae.models import load_autoencoder
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_image_data_options(parser, builtin_samples=8192)
     parser.add_argument("--model", help="a diffusers AutoencoderKL or VQModel folder")
-    parser.add_argument("--data", default="builtin:shapes", help="builtin:NAME or an image folder")
     parser.add_argument("--out", help="output folder (new, or a partial output of the same encode)")
-    parser.add_argument(
-        "--resolution",
-        type=bounded_option(int, ge=8),
-        default=None,
-        help="pixels; default: the model's sample_size",
-    )
-    parser.add_argument(
-        "--builtin-samples", type=bounded_option(int, ge=2), default=8192, help="size of a builtin dataset"
-    )
     parser.add_argument(
         "--shard-size", type=bounded_option(int, ge=1), default=4096, help="samples per shard"
     )

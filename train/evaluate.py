@@ -20,7 +20,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from ldm_vae.config import bounded_option
+from ldm_vae.config import add_image_data_options, bounded_option
 from ldm_vae.data import build_dataset
 from ldm_vae.errors import ConfigError
 from ldm_vae.latents.writer import write_json_atomic
@@ -44,23 +44,14 @@ LATENT_STATS_MAX_IMAGES = 4096  # latents kept for the moments and the active ch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_image_data_options(parser, builtin_samples=1024)
     parser.add_argument("--model", required=True, help="a diffusers AutoencoderKL or VQModel folder")
-    parser.add_argument("--data", default="builtin:shapes", help="builtin:NAME or an image folder")
     parser.add_argument("--out", help="output folder; default: <model>-eval beside the model folder")
-    parser.add_argument(
-        "--resolution",
-        type=bounded_option(int, ge=8),
-        default=None,
-        help="pixels; default: the model's sample_size",
-    )
     parser.add_argument(
         "--samples",
         type=bounded_option(int, ge=2),
         default=None,
         help="evaluate N random images; default all",
-    )
-    parser.add_argument(
-        "--builtin-samples", type=bounded_option(int, ge=2), default=1024, help="size of a builtin dataset"
     )
     parser.add_argument("--batch-size", type=bounded_option(int, ge=1), default=32)
     parser.add_argument(

@@ -18,7 +18,7 @@ import torch
 from diffusers import ModelMixin
 from torchvision.utils import save_image
 
-from ldm_vae.config import bounded_option
+from ldm_vae.config import add_image_data_options, bounded_option
 from ldm_vae.data import build_dataset
 from ldm_vae.errors import ConfigError
 from ldm_vae.latents.writer import encode_batch
@@ -33,8 +33,8 @@ STEP_FIGURES = ("mean_step", "step_variance")  # per strip, averaged over the pa
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_image_data_options(parser, builtin_samples=8192)
     parser.add_argument("--model", help="a diffusers AutoencoderKL or VQModel folder")
-    parser.add_argument("--data", default="builtin:shapes", help="builtin:NAME or an image folder")
     parser.add_argument("--out", help="output folder (created if missing; earlier outputs are replaced)")
     parser.add_argument(
         "--pairs", type=bounded_option(int, ge=1), default=8, help="image pairs, one strip each"
@@ -46,15 +46,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="frames per strip, both ends included (>= 3)",
     )
     parser.add_argument("--method", choices=[*METHODS, "both"], default="both", help="path between latents")
-    parser.add_argument(
-        "--resolution",
-        type=bounded_option(int, ge=8),
-        default=None,
-        help="pixels; default: the model's sample_size",
-    )
-    parser.add_argument(
-        "--builtin-samples", type=bounded_option(int, ge=2), default=8192, help="size of a builtin dataset"
-    )
     parser.add_argument("--seed", type=int, default=0, help="picks the pairs; seeds builtin data and --prior")
     parser.add_argument("--lpips-vgg16", help="torchvision VGG16 weights file: measure steps with LPIPS")
     parser.add_argument("--lpips-heads", help="LPIPS v0.1 vgg.pth heads file (with --lpips-vgg16)")
