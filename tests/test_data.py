@@ -369,8 +369,8 @@ def test_build_dataset_sources(tmp_path):
     ("source", "resolution_px", "match"),
     [
         ("builtin:mnist", 16, r"data\.source='builtin:mnist'.*builtin:shapes"),
-        ("hf:cifar10:train", 16, r"data\.source='hf:cifar10:train'.*not supported yet"),
-        ("wds:/data/{000..009}.tar", 16, r"data\.source='wds:.*not supported yet"),
+        ("hf:/no/such/dataset:train", 16, r"data\.source='hf:/no/such/dataset:train'.*does not exist"),
+        ("wds:/data/{000..009}.tar", 16, r"data\.source='wds:/data/\{000\.\.009\}\.tar': shard /data/000\.tar"),
         ("builtin:shapes", 4, r"data\.resolution_px=4"),
         ("/definitely/not/a/folder", 16, r"data\.source='/definitely/not/a/folder'"),
     ],

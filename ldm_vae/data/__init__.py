@@ -1,7 +1,9 @@
 """Datasets and transforms; `build_dataset` turns the `data.source` string into a dataset.
 
 Sources are named one way everywhere: `builtin:NAME`, a folder path, `hf:NAME[:split]`, `wds:PATTERN`.
-Every dataset yields (image (3, R, R) float32 in [-1, 1], label int) and has `classes` and `sample_key(i)`.
+Every dataset yields (image (3, R, R) float32 in [-1, 1], label int) and has `classes` and `sample_key(i)`;
+folders, hf: and wds: (`IndexedImageDataset`) also have `caption(i)`, `fingerprint`, `skipped` and
+`record_skips_to(path)` (see indexed.py).
 """
 
 from pathlib import Path
@@ -11,22 +13,27 @@ from torch.utils.data import Dataset
 
 from ldm_vae.data.decode import load_rgb, to_rgb
 from ldm_vae.data.folder import ImageFolderDataset
+from ldm_vae.data.indexed import IndexedImageDataset, read_skips
 from ldm_vae.data.sampler import StreamSampler
 from ldm_vae.data.shapes import SHAPE_KINDS, ShapesDataset
 from ldm_vae.data.split import train_held_out_split
 from ldm_vae.data.transforms import RandomFlipView, image_transform
+from ldm_vae.data.wds import WebDatasetShards
 from ldm_vae.errors import ConfigError
 
 __all__ = [
     "BUILTIN_DATASETS",
     "SHAPE_KINDS",
     "ImageFolderDataset",
+    "IndexedImageDataset",
     "RandomFlipView",
     "ShapesDataset",
     "StreamSampler",
+    "WebDatasetShards",
     "build_dataset",
     "image_transform",
     "load_rgb",
+    "read_skips",
     "stack_items",
     "to_rgb",
     "train_held_out_split",
@@ -37,9 +44,19 @@ MIN_RESOLUTION_PX = 8
 
 
 def build_dataset(
-    source: str, resolution_px: int, builtin_samples: int, seed: int
-) -> ShapesDataset | ImageFolderDataset:
-    """The dataset named by `data.source`; every user mistake is a one-line ConfigError."""
+    source: str,
+    resolution_px: int,
+    builtin_samples: int,
+    seed: int,
+    *,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    caption_column: str | None = None,
+) -> ShapesDataset | IndexedImageDataset:
+    """The dataset named by `data.source`; every user mistake is a one-line ConfigError.
+
+    The columns (`data.image_column`, ...) name hf: columns or wds: member extensions; None detects them.
+    """
     if resolution_px < MIN_RESOLUTION_PX:
         raise ConfigError(f"data.resolution_px={resolution_px} must be >= {MIN_RESOLUTION_PX}")
     if not source:
@@ -49,14 +66,17 @@ def build_dataset(
         if name not in BUILTIN_DATASETS:
             available = ", ".join(f"builtin:{known}" for known in BUILTIN_DATASETS)
             raise ConfigError(f"data.source='{source}': unknown builtin dataset; available: {available}")
-        if builtin_samples < 1:
-            raise ConfigError(f"data.builtin_samples={builtin_samples} must be >= 1 for {source}")
         return ShapesDataset(builtin_samples, resolution_px, seed)
-    if kind in ("hf", "wds"):
-        raise ConfigError(
-            f"data.source='{source}': {kind}: sources are planned but not supported yet; "
-            "use builtin:shapes or a folder of images"
-        )
+    columns = {"image_column": image_column, "label_column": label_column, "caption_column": caption_column}
+    if kind == "wds":
+        return WebDatasetShards(name, resolution_px, **columns)
+    if kind == "hf":
+        from ldm_vae.data.hf import HuggingFaceImages  # imports `datasets` (about a second) only when used
+
+        return HuggingFaceImages(name, resolution_px, **columns)
+    named = [f"data.{key}='{value}'" for key, value in columns.items() if value is not None]
+    if named:
+        raise ConfigError(f"{', '.join(named)}: only hf: and wds: sources have columns, not '{source}'")
     return ImageFolderDataset(Path(source), resolution_px)
 
 

@@ -21,10 +21,10 @@ from ldm_vae.errors import ConfigError
 class ImageFolderDataset(IndexedImageDataset):
     """Images under `root`, resized (shorter side) and centre-cropped to (3, R, R) float32 in [-1, 1].
 
-        Labels: each first-level sub-folder is a class; images directly in `root` form a class named "." (which
-        sorts first). With no sub-folders every image has label 0. Only classes with at least one indexed image
-        exist. Transparent pixels are composited over white. `sample_key(i)` is the relative posix path (stable as
-    files are added, so the held-out split hashes it); `caption(i)` comes from the index (see `index.py`).
+    Labels: each first-level sub-folder is a class; images directly in `root` form a class named "." (which
+    sorts first). With no sub-folders every image has label 0. Only classes with at least one indexed image
+    exist. Transparent pixels are composited over white. `sample_key(i)` is the relative posix path (stable
+    as files are added, so the held-out split hashes it); `caption(i)` comes from the index (`index.py`).
     """
 
     def __init__(self, root: str | Path, resolution_px: int) -> None:
@@ -36,8 +36,7 @@ class ImageFolderDataset(IndexedImageDataset):
         if not self.root.is_dir():
             raise ConfigError(f"data.source='{self.root}': is a file; point it at a folder of images")
 
-        self.index = folder_index(self.root)
-        self.adopt(self.index)
+        self.adopt(folder_index(self.root))
         if len(self) == 0:
             raise ConfigError(
                 f"data.source='{self.root}': no readable images ({self.num_seen} files with suffixes "

@@ -16,11 +16,12 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ldm_vae.data.cache import SourceIndex
+from ldm_vae.data.cache import SourceIndex, StringColumn
 from ldm_vae.data.decode import describe_failure
 from ldm_vae.data.transforms import image_transform
 from ldm_vae.errors import ConfigError
@@ -75,13 +76,29 @@ class IndexedImageDataset(Dataset):
 
     def adopt(self, index: SourceIndex) -> None:
         """Take the columns and the summary of a cached index (arrays `keys`, `labels`, `captions`)."""
-        self._keys = index.strings("keys")
-        self._captions = index.strings("captions")
-        self._labels = index.array("labels")  # (n,) int32
+        self.index = index
         self.classes: list[str] = index.meta["classes"]
         self.skipped = [(name, why) for name, why in index.meta["skipped"]]
         self.num_seen: int = index.meta["num_seen"]
         self.fingerprint = index.fingerprint
+        self._attach()
+
+    def _attach(self) -> None:
+        """Map the per-sample columns of `self.index` (again in a process that unpickled this dataset)."""
+        self._keys = self.index.strings("keys")
+        self._captions = self.index.strings("captions")
+        self._labels = self.index.array("labels")  # (n,) int32
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        if "index" in state:  # memory-mapped columns: mapped again when unpickled, never copied
+            state = {k: v for k, v in state.items() if not isinstance(v, np.ndarray | StringColumn)}
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if "index" in state:
+            self._attach()
 
     def open_image(self, i: int) -> Image.Image:
         """Sample i fully decoded to upright RGB; raises whatever reading or decoding raises."""

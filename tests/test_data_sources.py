@@ -1,0 +1,433 @@
+"""Sources at scale: WebDataset shards, Hugging Face datasets, the cached folder index (data made here)."""
+
+from __future__ import annotations
+
+import io
+import json
+import multiprocessing
+import os
+import tarfile
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from webdataset.writer import TarWriter
+
+from ldm_vae.data import ImageFolderDataset, WebDatasetShards, build_dataset, image_transform, read_skips
+from ldm_vae.data import index as folder_index_module
+from ldm_vae.data import wds as wds_module
+from ldm_vae.data.hf import HuggingFaceImages
+from ldm_vae.errors import ConfigError
+
+RES_PX = 16
+
+# ---------------------------------------------------------------------------------------------------------
+# helpers: tiny images, shards and datasets
+
+
+def image_bytes(seed: int, fmt: str = "PNG", size: tuple[int, int] = (20, 18)) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def expected_image(data: bytes) -> torch.Tensor:
+    """What every source must give for these encoded bytes: decoded, resized, cropped, in [-1, 1]."""
+    return image_transform(RES_PX)(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def write_shard(path: Path, samples: list[dict[str, bytes | str]]) -> None:
+    """One tar shard; each sample a dict of extension -> content plus "__key__"."""
+    with TarWriter(str(path), encoder=False, mtime=0) as writer:
+        for sample in samples:
+            writer.write(
+                {k: v.encode() if isinstance(v, str) and k != "__key__" else v for k, v in sample.items()}
+            )
+
+
+def write_shards(folder: Path, num_shards: int = 2, per_shard: int = 5) -> list[dict]:
+    """Shards shard-00000.tar ... with png images, an integer class and a caption; returns the samples."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for s in range(num_shards):
+        samples = [
+            {
+                "__key__": f"{s:02d}{i:03d}",
+                "png": image_bytes(10 * s + i),
+                "cls": str((s + i) % 3),
+                "txt": f"p {s} {i}",
+            }
+            for i in range(per_shard)
+        ]
+        write_shard(folder / f"shard-{s:05d}.tar", samples)
+        written += samples
+    return written
+
+
+@pytest.fixture
+def count_builds(monkeypatch):
+    """Counts index builds of folders and shards (to tell a cache hit from a rebuild)."""
+    counts = {"folder": 0, "wds": 0}
+
+    def counting(kind, build):
+        def wrapper(*args):
+            counts[kind] += 1
+            return build(*args)
+
+        return wrapper
+
+    monkeypatch.setattr(folder_index_module, "_build", counting("folder", folder_index_module._build))
+    monkeypatch.setattr(wds_module, "_build", counting("wds", wds_module._build))
+    return counts
+
+
+# ---------------------------------------------------------------------------------------------------------
+# wds:
+
+
+def test_shards_load_with_labels_captions_and_images(tmp_path):
+    written = write_shards(tmp_path / "shards")
+    dataset = build_dataset(f"wds:{tmp_path}/shards/shard-{{00000..00001}}.tar", RES_PX, 1, 0)
+    assert isinstance(dataset, WebDatasetShards) and len(dataset) == 10
+    assert dataset.classes == ["0", "1", "2"] and dataset.skipped == [] and dataset.num_seen == 10
+    for i, sample in enumerate(written):
+        image, label = dataset[i]
+        assert torch.equal(image, expected_image(sample["png"]))
+        assert label == int(sample["cls"]) and dataset.caption(i) == sample["txt"]
+        assert dataset.sample_key(i) == f"shard-{i // 5:05d}.tar:{sample['__key__']}"
+    assert dataset.shard_ranges() == [range(0, 5), range(5, 10)]
+
+
+def test_a_folder_a_list_file_and_a_brace_pattern_name_the_same_shards(tmp_path):
+    write_shards(tmp_path / "shards", num_shards=3, per_shard=2)
+    (tmp_path / "shards" / "list.txt").write_text(
+        "# shards\nshard-00000.tar\nshard-00001.tar\nshard-00002.tar\n"
+    )
+    by_folder = WebDatasetShards(str(tmp_path / "shards"), RES_PX)
+    by_list = WebDatasetShards(str(tmp_path / "shards" / "list.txt"), RES_PX)
+    by_pattern = WebDatasetShards(f"{tmp_path}/shards/shard-{{00000..00002}}.tar", RES_PX)
+    keys = [by_folder.sample_key(i) for i in range(6)]
+    assert keys == [by_list.sample_key(i) for i in range(6)] == [by_pattern.sample_key(i) for i in range(6)]
+    assert by_folder.fingerprint == by_list.fingerprint == by_pattern.fingerprint
+
+
+def test_class_names_from_json_and_from_named_cls(tmp_path):
+    write_shard(
+        tmp_path / "a.tar",
+        [
+            {
+                "__key__": "x",
+                "jpg": image_bytes(0, "JPEG"),
+                "json": json.dumps({"label": 1, "class_name": "dog"}),
+            },
+            {
+                "__key__": "y",
+                "jpg": image_bytes(1, "JPEG"),
+                "json": json.dumps({"label": 0, "class_name": "cat"}),
+            },
+        ],
+    )
+    assert WebDatasetShards(str(tmp_path / "a.tar"), RES_PX).classes == ["cat", "dog"]
+    write_shard(
+        tmp_path / "b.tar",
+        [
+            {"__key__": f"k{i}", "webp": image_bytes(i, "WEBP"), "cls": name}
+            for i, name in enumerate(["zebra", "ant"])
+        ],
+    )
+    named = WebDatasetShards(str(tmp_path / "b.tar"), RES_PX)
+    assert named.classes == ["ant", "zebra"] and [named.label(i) for i in range(2)] == [1, 0]
+
+
+def test_corrupt_members_are_skipped_counted_and_named(tmp_path):
+    good = [{"__key__": f"g{i}", "png": image_bytes(i)} for i in range(3)]
+    write_shard(
+        tmp_path / "data.tar",
+        [
+            good[0],
+            {"__key__": "bad", "png": b"not a png at all"},
+            good[1],
+            {"__key__": "noimage", "txt": "hi"},
+            good[2],
+        ],
+    )
+    dataset = WebDatasetShards(str(tmp_path / "data.tar"), RES_PX)
+    # no image member: left out when indexing, named with its reason
+    assert dataset.skipped == [("data.tar:noimage", "no jpg/jpeg/png/webp/bmp member")]
+    assert len(dataset) == 4 and dataset.num_seen == 5
+    # an image member that does not decode: replaced by the next sample when read, logged once by name
+    log = tmp_path / "skips.jsonl"
+    dataset.record_skips_to(log)
+    assert torch.equal(dataset[1][0], expected_image(good[1]["png"]))
+    assert torch.equal(dataset[1][0], dataset[1][0])
+    assert read_skips(log) == [("data.tar:bad", "not a readable image")]
+    assert dataset.problem(1) == "not a readable image" and dataset.problem(0) is None
+
+
+def test_a_truncated_shard_keeps_its_whole_samples(tmp_path):
+    write_shards(tmp_path, num_shards=1, per_shard=4)
+    data = (tmp_path / "shard-00000.tar").read_bytes()
+    with tarfile.open(tmp_path / "shard-00000.tar") as tar:
+        last_image = [m for m in tar.getmembers() if m.name.endswith(".png")][-1]
+    cut = last_image.offset_data + 10  # inside the last image
+    (tmp_path / "cut.tar").write_bytes(data[:cut])
+    dataset = WebDatasetShards(str(tmp_path / "cut.tar"), RES_PX)
+    assert len(dataset) == 3 and dataset.skipped == [("cut.tar:00003.png", "truncated")]
+    assert dataset.num_seen == 4
+
+
+def test_a_file_that_is_not_a_tar_is_skipped_and_named(tmp_path):
+    write_shards(tmp_path, num_shards=1, per_shard=2)
+    (tmp_path / "shard-00001.tar").write_bytes(b"\x00garbage" * 100)
+    dataset = WebDatasetShards(str(tmp_path), RES_PX)
+    assert len(dataset) == 2
+    assert [name for name, _ in dataset.skipped] == ["shard-00001.tar"]
+
+
+@pytest.mark.parametrize(
+    ("pattern", "match"),
+    [
+        ("", "empty pattern"),
+        ("{folder}/shard-{{00000..00002}}.tar", r"shard .*shard-00002\.tar does not exist"),
+        ("{folder}/empty", "holds no .tar files"),
+        ("{folder}/list.txt", r"shard .*missing\.tar does not exist"),
+        ("https://example.com/shard-{{0..9}}.tar", "only local shards"),
+    ],
+)
+def test_shard_errors_are_one_line_and_name_the_thing(tmp_path, pattern, match):
+    write_shards(tmp_path / "shards")
+    (tmp_path / "shards" / "empty").mkdir()
+    (tmp_path / "shards" / "list.txt").write_text("shard-00000.tar\nmissing.tar\n")
+    with pytest.raises(ConfigError, match=match) as info:
+        build_dataset("wds:" + pattern.format(folder=tmp_path / "shards"), RES_PX, 1, 0)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_shard_column_is_an_error_listing_what_exists(tmp_path):
+    write_shards(tmp_path)
+    with pytest.raises(ConfigError, match=r"data\.caption_column='caption'.*extensions seen: cls, png, txt"):
+        WebDatasetShards(str(tmp_path), RES_PX, caption_column="caption")
+    other = WebDatasetShards(
+        str(tmp_path), RES_PX, image_column="png", label_column="cls", caption_column="txt"
+    )
+    assert len(other) == 10
+
+
+def test_shard_index_is_reused_and_rebuilt_when_a_shard_changes(tmp_path, count_builds):
+    write_shards(tmp_path)
+    first = WebDatasetShards(str(tmp_path), RES_PX)
+    again = WebDatasetShards(str(tmp_path), RES_PX)
+    assert count_builds["wds"] == 1 and again.fingerprint == first.fingerprint
+    write_shard(tmp_path / "shard-00001.tar", [{"__key__": "new", "png": image_bytes(99), "cls": "0"}])
+    changed = WebDatasetShards(str(tmp_path), RES_PX)
+    assert count_builds["wds"] == 2 and len(changed) == 6 and changed.fingerprint != first.fingerprint
+
+
+# ---------------------------------------------------------------------------------------------------------
+# hf:
+
+
+def save_hf_dataset(folder: Path, n: int = 6, splits: bool = False) -> list[bytes]:
+    """A save_to_disk dataset: Image, ClassLabel and a caption column; returns the encoded images."""
+    images = [image_bytes(i) for i in range(n)]
+    features = datasets.Features(
+        {
+            "img": datasets.Image(),
+            "kind": datasets.ClassLabel(names=["cat", "dog"]),
+            "text": datasets.Value("string"),
+        }
+    )
+    rows = {"img": [{"bytes": b, "path": None} for b in images], "kind": [i % 2 for i in range(n)]}
+    rows["text"] = [f"caption {i}" for i in range(n)]
+    ds = datasets.Dataset.from_dict(rows, features=features)
+    (datasets.DatasetDict({"train": ds, "test": ds.select(range(2))}) if splits else ds).save_to_disk(
+        str(folder)
+    )
+    return images
+
+
+def test_hf_dataset_from_disk_detects_image_label_and_caption_columns(tmp_path):
+    images = save_hf_dataset(tmp_path / "ds")
+    dataset = build_dataset(f"hf:{tmp_path}/ds", RES_PX, 1, 0)
+    assert isinstance(dataset, HuggingFaceImages) and len(dataset) == 6
+    assert dataset.columns == {"image": "img", "label": "kind", "caption": "text"}
+    assert dataset.classes == ["cat", "dog"]
+    for i, data in enumerate(images):
+        image, label = dataset[i]
+        assert torch.equal(image, expected_image(data)) and label == i % 2
+        assert dataset.caption(i) == f"caption {i}" and dataset.sample_key(i) == str(i)
+
+
+def test_hf_splits_and_parquet_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    save_hf_dataset(tmp_path / "dict", splits=True)
+    assert len(HuggingFaceImages(f"{tmp_path}/dict", RES_PX)) == 6  # "train" by default
+    assert len(HuggingFaceImages(f"{tmp_path}/dict:test", RES_PX)) == 2
+    with pytest.raises(ConfigError, match="no split 'valid'; splits: train, test"):
+        HuggingFaceImages(f"{tmp_path}/dict:valid", RES_PX)
+
+    datasets.load_from_disk(str(tmp_path / "dict"))["train"].to_parquet(str(tmp_path / "data.parquet"))
+    from_parquet = HuggingFaceImages(f"{tmp_path}/data.parquet", RES_PX)
+    assert (
+        len(from_parquet) == 6
+        and from_parquet.classes == ["cat", "dog"]
+        and from_parquet.caption(5) == "caption 5"
+    )
+
+
+def test_hf_string_and_integer_label_columns(tmp_path):
+    rows = {
+        "image": [image_bytes(i) for i in range(4)],
+        "species": ["owl", "ant", "owl", "bee"],
+        "n": [2, 0, 2, 1],
+    }
+    datasets.Dataset.from_dict(rows).save_to_disk(str(tmp_path / "ds"))
+    by_name = HuggingFaceImages(str(tmp_path / "ds"), RES_PX, image_column="image", label_column="species")
+    assert by_name.classes == ["ant", "bee", "owl"] and [by_name.label(i) for i in range(4)] == [2, 0, 2, 1]
+    by_number = HuggingFaceImages(str(tmp_path / "ds"), RES_PX, image_column="image", label_column="n")
+    assert by_number.classes == ["0", "1", "2"] and [by_number.label(i) for i in range(4)] == [2, 0, 2, 1]
+    assert by_number.caption(0) == ""
+
+
+def test_hf_undecodable_row_is_replaced_and_named(tmp_path):
+    images = [image_bytes(0), b"garbage", image_bytes(2)]
+    datasets.Dataset.from_dict(
+        {"image": images}, features=datasets.Features({"image": datasets.Image()})
+    ).save_to_disk(str(tmp_path / "ds"))
+    dataset = HuggingFaceImages(str(tmp_path / "ds"), RES_PX)
+    dataset.record_skips_to(tmp_path / "skips.jsonl")
+    assert torch.equal(dataset[1][0], expected_image(images[2])) and dataset.classes == ["."]
+    assert read_skips(tmp_path / "skips.jsonl") == [("row 1", "not a readable image")]
+
+
+@pytest.mark.parametrize(
+    ("spec", "columns", "match"),
+    [
+        (
+            "{tmp}/ds",
+            {"label_column": "breed"},
+            r"data\.label_column='breed': no such column; columns: img, kind, text",
+        ),
+        ("{tmp}/ds", {"image_column": "kind"}, r"data\.image_column='kind': is a ClassLabel"),
+        ("{tmp}/ds:train", {}, "has no splits; drop ':train'"),
+        ("{tmp}/missing", {}, "missing does not exist"),
+        ("{tmp}/ds", {"caption_column": "kind"}, r"data\.caption_column='kind': is a ClassLabel"),
+    ],
+)
+def test_hf_errors_are_one_line_and_name_the_thing(tmp_path, spec, columns, match):
+    save_hf_dataset(tmp_path / "ds")
+    with pytest.raises(ConfigError, match=match) as info:
+        build_dataset("hf:" + spec.format(tmp=tmp_path), RES_PX, 1, 0, **columns)
+    assert "\n" not in str(info.value)
+
+
+def test_a_dataset_without_images_asks_for_the_column(tmp_path):
+    datasets.Dataset.from_dict({"x": [1, 2]}).save_to_disk(str(tmp_path / "ds"))
+    with pytest.raises(ConfigError, match="no Image column; set data.image_column to one of x"):
+        HuggingFaceImages(str(tmp_path / "ds"), RES_PX)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# folder index
+
+
+def write_folder(root: Path, n_per_class: int = 3) -> None:
+    for label, name in enumerate(["cat", "dog"]):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_class):
+            (root / name / f"{i}.png").write_bytes(image_bytes(10 * label + i))
+
+
+def test_folder_index_is_reused_and_rebuilt_when_files_change(tmp_path, count_builds):
+    root = tmp_path / "images"
+    write_folder(root)
+    first = ImageFolderDataset(root, RES_PX)
+    assert count_builds["folder"] == 1 and len(first) == 6
+    assert ImageFolderDataset(root, RES_PX).fingerprint == first.fingerprint and count_builds["folder"] == 1
+
+    (root / "dog" / "new.png").write_bytes(image_bytes(50))  # added in a sub-folder
+    added = ImageFolderDataset(root, RES_PX)
+    assert count_builds["folder"] == 2 and len(added) == 7 and added.fingerprint != first.fingerprint
+    (root / "cat" / "0.png").unlink()  # removed
+    assert len(ImageFolderDataset(root, RES_PX)) == 6 and count_builds["folder"] == 3
+    (root / "bird").mkdir()  # a new class
+    (root / "bird" / "0.png").write_bytes(image_bytes(60))
+    assert ImageFolderDataset(root, RES_PX).classes == ["bird", "cat", "dog"] and count_builds["folder"] == 4
+
+
+def test_folder_index_survives_an_mtime_left_unchanged(tmp_path, count_builds):
+    """A file added within the filesystem's clock tick leaves its directory's mtime as it was."""
+    root = tmp_path / "images"
+    write_folder(root)
+    ImageFolderDataset(root, RES_PX)
+    before = os.stat(root / "cat")
+    (root / "cat" / "late.png").write_bytes(image_bytes(70))
+    os.utime(root / "cat", ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert len(ImageFolderDataset(root, RES_PX)) == 7 and count_builds["folder"] == 2
+
+
+def test_folder_captions_from_sidecars_and_metadata(tmp_path):
+    root = tmp_path / "images"
+    write_folder(root, n_per_class=2)
+    (root / "cat" / "0.txt").write_text("a grey cat\n")
+    rows = [
+        {"file_name": "dog/1.png", "text": "a dog running"},
+        {"file_name": "cat/0.png", "text": "overruled"},
+    ]
+    (root / "metadata.jsonl").write_text("\n".join(json.dumps(row) for row in rows))
+    dataset = ImageFolderDataset(root, RES_PX)
+    captions = {dataset.sample_key(i): dataset.caption(i) for i in range(len(dataset))}
+    assert captions == {
+        "cat/0.png": "a grey cat",
+        "cat/1.png": "",
+        "dog/0.png": "",
+        "dog/1.png": "a dog running",
+    }
+
+
+def _build_in_child(root: str, log: str) -> None:
+    """Child process: count builds in `log`, then open the index."""
+    original = folder_index_module._build
+
+    def logged(*args):
+        with open(log, "a") as file:
+            file.write("build\n")
+        return original(*args)
+
+    folder_index_module._build = logged
+    ImageFolderDataset(root, RES_PX)
+
+
+def test_concurrent_processes_build_the_folder_index_once(tmp_path):
+    root = tmp_path / "images"
+    write_folder(root, n_per_class=40)
+    log = tmp_path / "builds.log"
+    context = multiprocessing.get_context("fork")
+    children = [context.Process(target=_build_in_child, args=(str(root), str(log))) for _ in range(3)]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(timeout=60)
+        assert child.exitcode == 0
+    assert log.read_text() == "build\n"
+
+
+def test_folder_dataset_pickles_without_its_arrays(tmp_path):
+    import pickle
+
+    write_folder(tmp_path / "images")
+    dataset = ImageFolderDataset(tmp_path / "images", RES_PX)
+    dataset[0]  # maps the arrays
+    copy = pickle.loads(pickle.dumps(dataset))
+    assert len(pickle.dumps(dataset)) < 4000  # the memory maps are not copied into the pickle
+    assert torch.equal(copy[3][0], dataset[3][0]) and copy.caption(3) == dataset.caption(3)
+
+
+def test_columns_are_refused_for_folders(tmp_path):
+    write_folder(tmp_path / "images")
+    with pytest.raises(ConfigError, match=r"data\.label_column='x': only hf: and wds: sources have columns"):
+        build_dataset(str(tmp_path / "images"), RES_PX, 1, 0, label_column="x")
