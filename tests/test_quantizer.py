@@ -142,21 +142,21 @@ def test_straight_through_gradients_and_loss_terms(update):
 
 def test_cosine_codes_stay_unit_norm_and_lookup_matches_diffusers_euclidean_argmin():
     torch.manual_seed(0)
-    q = VectorQuantizer(16, 6, code_dim=3, use_cosine=True, dead_code_window_steps=1).train()
+    q = VectorQuantizer(16, 3, use_cosine=True, dead_code_window_steps=1).train()
     assert torch.allclose(q.embedding.weight.norm(dim=-1), torch.ones(16))
     restarts = 0
     for step in range(4):
-        z = torch.randn(2, 6, 4, 4) + 3 * step  # the data moves, so codes die and get restarted
+        z = torch.randn(2, 3, 4, 4) + 3 * step  # the data moves, so codes die and get restarted
         q(z)
         restarts += q.last_restarts
         assert torch.allclose(q.embedding.weight.norm(dim=-1), torch.ones(16), atol=1e-6), f"step {step}"
     assert restarts > 0
 
     q.eval()
-    z = torch.randn(2, 6, 4, 4) * 5
+    z = torch.randn(2, 3, 4, 4) * 5  # quant_conv's raw output, not normalised
     _, _, (_, _, idx) = q(z)
-    raw = q.project_in(rearrange(z, "b c h w -> (b h w) c"))  # what quant_conv' outputs after folding
-    expected = torch.cdist(raw, q.embedding.weight).argmin(dim=1)  # diffusers' VectorQuantizer lookup
+    raw = rearrange(z, "b c h w -> (b h w) c")
+    expected = torch.cdist(raw, q.codebook()).argmin(dim=1)  # diffusers' VectorQuantizer lookup
     assert torch.equal(rearrange(idx, "b h w -> (b h w)"), expected)
 
 
@@ -213,8 +213,8 @@ def test_signature_inside_diffusers_vqmodel_and_index_round_trip():
 
 def test_fp32_lookup_under_bf16_autocast_and_bf16_inputs():
     torch.manual_seed(0)
-    q = VectorQuantizer(32, 8, code_dim=4).eval()
-    z = torch.randn(2, 8, 4, 4)
+    q = VectorQuantizer(32, 4).eval()
+    z = torch.randn(2, 4, 4, 4)
     z_q, loss, (_, _, idx) = q(z)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         z_q_ac, loss_ac, (_, _, idx_ac) = q(z)
@@ -237,12 +237,11 @@ def test_codebook_usage():
 def ddp_batch(rank: int, step: int) -> torch.Tensor:
     """Different data (and batch size) per rank; from step 2 the data jumps, so codes die and restart."""
     g = torch.Generator().manual_seed(100 * rank + step)
-    return torch.randn(2 + rank, 4, 3, 3, generator=g) + (6.0 if step >= 2 else 0.0)
+    return torch.randn(2 + rank, 3, 3, 3, generator=g) + (6.0 if step >= 2 else 0.0)
 
 
 def ddp_quantizer() -> VectorQuantizer:
-    torch.manual_seed(0)  # project_in / project_out
-    return VectorQuantizer(16, 4, code_dim=3, use_cosine=True, dead_code_window_steps=2, seed=7).train()
+    return VectorQuantizer(16, 3, use_cosine=True, dead_code_window_steps=2, seed=7).train()
 
 
 def ddp_worker(rank: int, world_size: int, init_file: str, out_dir: str) -> None:

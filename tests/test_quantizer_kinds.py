@@ -31,11 +31,11 @@ def flat(z: torch.Tensor) -> torch.Tensor:
 
 
 def test_fsq_grid_spans_the_box_with_the_half_step_for_even_levels():
-    odd, even = FiniteScalarQuantizer([3], 1).codebook(), FiniteScalarQuantizer([4], 1).codebook()
+    odd, even = FiniteScalarQuantizer([3]).codebook(), FiniteScalarQuantizer([4]).codebook()
     torch.testing.assert_close(odd[:, 0], torch.tensor([-1.0, 0.0, 1.0]))
     torch.testing.assert_close(even[:, 0], torch.tensor([-1.0, -1 / 3, 1 / 3, 1.0]))  # no zero level
 
-    q = FiniteScalarQuantizer([8, 5, 5, 5], 4)
+    q = FiniteScalarQuantizer([8, 5, 5, 5])
     codes = q.codebook()
     assert codes.shape == (1000, 4) and q.num_codes == 1000
     assert len(torch.unique(codes, dim=0)) == 1000 and codes.abs().max() == 1.0
@@ -45,22 +45,22 @@ def test_fsq_grid_spans_the_box_with_the_half_step_for_even_levels():
 
 
 @pytest.mark.parametrize("levels", [[5, 3, 3], [8, 6, 4], [7, 4, 2]])
-def test_fsq_code_is_the_nearest_grid_point_of_the_linear_projection(levels):
+def test_fsq_code_is_the_nearest_grid_point_of_the_token(levels):
     torch.manual_seed(0)
-    q = FiniteScalarQuantizer(levels, 6).train()
-    z = 3 * torch.randn(4, 6, 5, 5)  # many tokens fall outside the box, where the clamp decides
+    q = FiniteScalarQuantizer(levels).train()
+    z = 1.5 * torch.randn(4, 3, 5, 5)  # many tokens fall outside the box, where the clamp decides
     z_q, _, (_, counts, idx) = q(z)
-    tokens = q.project_in(flat(z))
+    tokens = flat(z)
     nearest = torch.cdist(tokens, q.codebook()).argmin(dim=1)  # what diffusers' VectorQuantizer does
     assert torch.equal(idx.flatten(), nearest)
     assert (tokens.abs() > 1).any() and len(idx.unique()) > 20
-    torch.testing.assert_close(flat(z_q), q.project_out(q.codebook()[nearest]))
+    assert torch.equal(flat(z_q), q.codebook()[nearest])
     torch.testing.assert_close(q.indices_to_codes(idx), z_q)
     assert counts.sum() == idx.numel() and q.dead_codes() == q.num_codes - len(idx.unique())
 
 
 def test_fsq_gradient_is_straight_through_and_the_bound_penalty_acts_only_outside_the_box():
-    q = FiniteScalarQuantizer([5, 4], 2, commitment_weight=0.5).train()  # dim == code dim: no projections
+    q = FiniteScalarQuantizer([5, 4], commitment_weight=0.5).train()
     tokens = torch.tensor([[0.3, -0.2], [1.5, 0.9], [-2.0, 0.1]])
     z = rearrange(tokens, "(b h w) c -> b c h w", b=1, h=1).requires_grad_(True)
     z_q, loss, _ = q(z)
@@ -75,22 +75,20 @@ def test_fsq_gradient_is_straight_through_and_the_bound_penalty_acts_only_outsid
 
 
 def test_fsq_and_lfq_checkpoint_only_training_state():
-    fsq, lfq = FiniteScalarQuantizer([8, 5], 4), LookupFreeQuantizer(3, 4)
-    expected = {"project_in.weight", "project_in.bias", "project_out.weight", "project_out.bias"}
-    for q in (fsq, lfq):
-        assert set(q.state_dict()) == expected | {"steps_since_used", "step"}
+    for q in (FiniteScalarQuantizer([8, 5]), LookupFreeQuantizer(3)):  # the grid is rebuilt from its sizes
+        assert set(q.state_dict()) == {"steps_since_used", "step"}
 
 
 def test_vocabularies_too_large_to_enumerate_are_refused_with_the_memory():
     for build, name in [
-        (lambda: FiniteScalarQuantizer([8] * 7, 4), "levels="),  # 8^7 = 2^21 codes
-        (lambda: LookupFreeQuantizer(19, 4), "bits=19"),
+        (lambda: FiniteScalarQuantizer([8] * 7), "levels="),  # 8^7 = 2^21 codes
+        (lambda: LookupFreeQuantizer(19), "bits=19"),
     ]:
         with pytest.raises(ConfigError, match=name) as error:
             build()
         message = str(error.value)
         assert "\n" not in message and "MiB per token" in message and str(MAX_ENUMERATED_CODES) in message
-    assert LookupFreeQuantizer(18, 4).num_codes == MAX_ENUMERATED_CODES  # the limit itself is allowed
+    assert LookupFreeQuantizer(18).num_codes == MAX_ENUMERATED_CODES  # the limit itself is allowed
 
 
 # -- LFQ ----------------------------------------------------------------------------------------------------
@@ -98,13 +96,13 @@ def test_vocabularies_too_large_to_enumerate_are_refused_with_the_memory():
 
 def test_lfq_codes_are_the_signs_and_the_codebook_every_sign_pattern():
     torch.manual_seed(0)
-    q = LookupFreeQuantizer(4, 6).eval()
+    q = LookupFreeQuantizer(4).eval()
     codes = q.codebook()
     assert codes.shape == (16, 4) and set(codes.unique().tolist()) == {-1.0, 1.0}
     assert len(torch.unique(codes, dim=0)) == 16
-    z = torch.randn(2, 6, 4, 4)
+    z = torch.randn(2, 4, 4, 4)
     z_q, _, (_, _, idx) = q(z)
-    tokens = q.project_in(flat(z))
+    tokens = flat(z)
     assert torch.equal(codes[idx.flatten()], torch.where(tokens > 0, 1.0, -1.0))
     assert torch.equal(idx.flatten(), torch.cdist(tokens, codes).argmin(dim=1))
 
@@ -112,7 +110,7 @@ def test_lfq_codes_are_the_signs_and_the_codebook_every_sign_pattern():
 def test_lfq_loss_matches_brute_force_entropies_over_the_whole_codebook():
     torch.manual_seed(0)
     weights = {"commitment_weight": 0.3, "entropy_weight": 0.2, "codebook_entropy_weight": 0.7}
-    q = LookupFreeQuantizer(3, 3, temperature=0.5, **weights).train()  # dim == bits: no projections
+    q = LookupFreeQuantizer(3, temperature=0.5, **weights).train()
     tokens = 0.6 * torch.randn(10, 3)
     z = rearrange(tokens, "(b h w) c -> b c h w", b=2, h=5).requires_grad_(True)
     _, loss, _ = q(z)
@@ -134,7 +132,7 @@ def test_lfq_loss_matches_brute_force_entropies_over_the_whole_codebook():
 
 
 def test_lfq_entropy_terms_only_enter_with_grad():
-    q = LookupFreeQuantizer(3, 3, commitment_weight=0.0).train()
+    q = LookupFreeQuantizer(3, commitment_weight=0.0).train()
     z = torch.randn(1, 3, 4, 4)
     assert q(z)[1] != 0
     with torch.no_grad():
@@ -169,7 +167,7 @@ def test_export_gives_a_plain_vqmodel_with_identical_codes_and_reconstructions(q
     torch.manual_seed(0)
     trained = build_vqmodel(tiny_model(quantizer), resolution_px=16, seed=0).eval()
     with torch.no_grad():  # spread the tokens over the grid, as training would, so many codes are hit
-        trained.quantize.project_in.weight.mul_(8)
+        trained.quant_conv.weight.mul_(8)
     exported = export_vqmodel(trained)
     assert type(exported.quantize).__name__ == "VectorQuantizer" and exported.quantize.__module__.startswith(
         "diffusers"
@@ -223,7 +221,7 @@ def test_rotation_trick_forward_is_the_code_and_gradient_is_rotated_and_rescaled
 
 def test_vector_quantizer_with_rotation_outputs_codes_and_rotates_gradients():
     torch.manual_seed(0)
-    q = VectorQuantizer(8, 4, gradient="rotation", kmeans_init=False).eval()  # dim == code_dim
+    q = VectorQuantizer(8, 4, gradient="rotation", kmeans_init=False).eval()
     with torch.no_grad():
         q.embedding.weight.copy_(torch.randn(8, 4))
     z = torch.randn(2, 4, 3, 3, requires_grad=True)
@@ -250,12 +248,12 @@ def test_vector_quantizer_with_rotation_outputs_codes_and_rotates_gradients():
 
 @pytest.mark.parametrize(
     "quantizer",
-    [VectorQuantizer(16, 4, kmeans_init=False), FiniteScalarQuantizer([4, 4], 4), LookupFreeQuantizer(4, 4)],
+    [VectorQuantizer(16, 4, kmeans_init=False), FiniteScalarQuantizer([4, 2, 2]), LookupFreeQuantizer(4)],
     ids=["vq", "fsq", "lfq"],
 )
 def test_codebook_health_is_one_function_for_every_kind(quantizer):
     torch.manual_seed(0)
-    z = 4 * torch.randn(2, 4, 4, 4)
+    z = 4 * torch.randn(2, quantizer.dim, 4, 4)
     _, _, (batch_perplexity, counts, idx) = quantizer.train()(z)
     health = codebook_usage(idx, quantizer.num_codes)
     used = len(idx.unique())

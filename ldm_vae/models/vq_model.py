@@ -1,10 +1,12 @@
 """VQ-regularised autoencoder (VQGAN, Esser et al. 2021; LDM's VQ first stage): a diffusers `VQModel`.
 
 During training one of our quantizers (`model.quantizer.kind`: a learned codebook, an FSQ grid or LFQ signs)
-replaces `VQModel.quantize`. `export_vqmodel` writes its `codebook()` into `quantize.embedding.weight`, folds
-its projections into `quant_conv` / `post_quant_conv` and returns a plain diffusers `VQModel` whose Euclidean
-lookup picks the same codes. `image_to_indices` and `indices_to_image` go image -> tokens -> image with any
-exported folder.
+replaces `VQModel.quantize`. `quant_conv` maps the encoder's `latent_channels` to the code dimension
+(`vq_embed_dim`) and `post_quant_conv` maps back, so the quantizer needs no projection of its own and the
+trained model already has the exported layout. `export_vqmodel` writes the quantizer's `codebook()` into
+`quantize.embedding.weight` and copies everything else: the plain diffusers `VQModel` computes the same tokens
+bit for bit and its Euclidean lookup picks the same codes. `image_to_indices` and `indices_to_image` go
+image -> tokens -> image with any exported folder.
 """
 
 from __future__ import annotations
@@ -23,14 +25,22 @@ from ldm_vae.models.quantizer import (
 )
 
 
-def build_quantizer(q: QuantizerConfig, dim: int, seed: int) -> Quantizer:
-    """The quantizer of `q.kind` for latents with `dim` channels."""
+def code_dim_of(q: QuantizerConfig, latent_channels: int) -> int:
+    """Channels of a token: quant_conv's output (`vq_embed_dim`)."""
     if q.kind == "fsq":
-        return FiniteScalarQuantizer(q.levels, dim, commitment_weight=q.commitment_weight)
+        return len(q.levels)
+    if q.kind == "lfq":
+        return q.lfq_bits
+    return q.code_dim or latent_channels
+
+
+def build_quantizer(q: QuantizerConfig, latent_channels: int, seed: int) -> Quantizer:
+    """The quantizer of `q.kind`, for tokens of `code_dim_of(q, latent_channels)` channels."""
+    if q.kind == "fsq":
+        return FiniteScalarQuantizer(q.levels, commitment_weight=q.commitment_weight)
     if q.kind == "lfq":
         return LookupFreeQuantizer(
             q.lfq_bits,
-            dim,
             commitment_weight=q.commitment_weight,
             entropy_weight=q.entropy_weight,
             codebook_entropy_weight=q.codebook_entropy_weight,
@@ -38,8 +48,7 @@ def build_quantizer(q: QuantizerConfig, dim: int, seed: int) -> Quantizer:
         )
     return VectorQuantizer(
         num_codes=q.num_codes,
-        dim=dim,
-        code_dim=q.code_dim or dim,
+        dim=code_dim_of(q, latent_channels),
         commitment_weight=q.commitment_weight,
         update=q.update,
         gradient=q.gradient,
@@ -57,7 +66,7 @@ def build_vqmodel(model: ModelConfig, resolution_px: int, seed: int) -> VQModel:
     vq = VQModel(
         **ldm_layout(model, resolution_px),
         num_vq_embeddings=quantizer.num_codes,
-        vq_embed_dim=model.latent_channels,  # the quantizer projects to its code dimension itself
+        vq_embed_dim=quantizer.dim,  # quant_conv: latent_channels -> code dimension
         lookup_from_codebook=True,
     )
     vq.quantize = quantizer
@@ -77,7 +86,7 @@ class VQTrainingModule(nn.Module):
 
     def forward(self, images: torch.Tensor, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """images (b, 3, H, W) in [-1, 1] -> reconstruction, pre-quantisation latents, codes, VQ loss."""
-        latents = self.vq.quant_conv(self.vq.encoder(images))  # (b, c, H/f, W/f)
+        latents = self.vq.quant_conv(self.vq.encoder(images))  # (b, d, H/f, W/f) the tokens
         quantized, vq_loss, (perplexity, usage, indices) = self.vq.quantize(latents)
         reconstruction = self.vq.decoder(self.vq.post_quant_conv(quantized))
         return {
@@ -90,36 +99,13 @@ class VQTrainingModule(nn.Module):
         }
 
 
-def _fold_linear_after_conv(conv: nn.Conv2d, linear: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """linear(conv(x)) as one 1x1 conv: W' = W_l W_c, b' = W_l b_c + b_l."""
-    weight, bias = conv.weight[:, :, 0, 0], conv.bias  # (out, in), (out,)
-    if isinstance(linear, nn.Identity):
-        return weight, bias
-    return linear.weight @ weight, linear.weight @ bias + linear.bias
-
-
-def _fold_conv_after_linear(linear: nn.Module, conv: nn.Conv2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """conv(linear(x)) as one 1x1 conv: W' = W_c W_l, b' = W_c b_l + b_c."""
-    weight, bias = conv.weight[:, :, 0, 0], conv.bias
-    if isinstance(linear, nn.Identity):
-        return weight, bias
-    return weight @ linear.weight, weight @ linear.bias + bias
-
-
 @torch.no_grad()
 def export_vqmodel(trained: VQModel) -> VQModel:
     """A plain diffusers VQModel (CPU, fp32) computing what `trained` computes with our quantizer."""
-    quantizer: Quantizer = trained.quantize
-    codes = quantizer.codebook()  # (k, d): every code, in index order
-    num_codes, code_dim = codes.shape
     config = {k: v for k, v in trained.config.items() if not k.startswith("_")}
-    exported = VQModel.from_config({**config, "num_vq_embeddings": num_codes, "vq_embed_dim": code_dim})
-    state = {k: v for k, v in trained.state_dict().items() if k.startswith(("encoder.", "decoder."))}
-    w_in, b_in = _fold_linear_after_conv(trained.quant_conv, quantizer.project_in)
-    w_out, b_out = _fold_conv_after_linear(quantizer.project_out, trained.post_quant_conv)
-    state["quant_conv.weight"], state["quant_conv.bias"] = w_in[:, :, None, None], b_in
-    state["post_quant_conv.weight"], state["post_quant_conv.bias"] = w_out[:, :, None, None], b_out
-    state["quantize.embedding.weight"] = codes
+    exported = VQModel.from_config(config)
+    state = {k: v for k, v in trained.state_dict().items() if not k.startswith("quantize.")}
+    state["quantize.embedding.weight"] = trained.quantize.codebook()  # (k, d): every code, in index order
     exported.load_state_dict({k: v.detach().float().cpu().clone() for k, v in state.items()}, strict=True)
     return exported.eval()
 

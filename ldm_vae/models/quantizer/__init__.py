@@ -4,8 +4,8 @@
 - `FiniteScalarQuantizer` (kind: fsq): a fixed product grid of levels per channel.
 - `LookupFreeQuantizer` (kind: lfq): the signs of the channels, with an entropy penalty.
 
-All share `Quantizer` (base.py): diffusers' call signature, `project_in` / `project_out`, usage counters
-and `codebook()`, the rows `export_vqmodel` writes into `quantize.embedding.weight`.
+All share `Quantizer` (base.py): diffusers' call signature on `quant_conv`'s output, usage counters and
+`codebook()`, the rows `export_vqmodel` writes into `quantize.embedding.weight`.
 """
 
 from ldm_vae.config import MAX_ENUMERATED_CODES

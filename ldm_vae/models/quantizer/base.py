@@ -1,23 +1,24 @@
-"""What every quantizer kind shares: diffusers' call signature, the projections, usage bookkeeping, export.
+"""What every quantizer kind shares: diffusers' call signature, usage bookkeeping, the codebook to export.
 
 Export contract. diffusers' `VQModel` quantises with `argmin(cdist(z, quantize.embedding.weight))` on the raw
 `quant_conv` output and decodes `post_quant_conv(embedding[idx])`. A quantizer here therefore
-- projects with plain `nn.Linear` layers (`project_in` / `project_out`, folded into the 1x1 convs at export),
-- picks, in its training forward, exactly the row of `codebook()` nearest (Euclidean) to the projected token,
-- returns that row (through `project_out`) as the forward value, whatever its gradient is.
+- takes `quant_conv`'s output as it is: no projection of its own (`quant_conv` maps the encoder's channels
+  to the code dimension, `post_quant_conv` maps back), so the exported model computes the very same tokens,
+  bit for bit, instead of a product of two linear maps folded into one (whose rounding differs);
+- picks, in its training forward, the row of `codebook()` nearest (Euclidean) to each token;
+- returns that row as the forward value, whatever its gradient is.
 
 Distributed: in a training-mode forward with grad enabled, the code histogram is summed over all ranks
 (one collective, on every rank alike), so usage counters stay identical across replicas.
 
-Shape letters: b batch, c (= dim) latent channels, h w latent height and width, n = b*h*w tokens,
-k number of codes, d code dimension (code_dim).
+Shape letters: b batch, d (= dim) code dimension = channels of `quant_conv`'s output, h w latent height and
+width, n = b*h*w tokens, k number of codes.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
@@ -37,30 +38,22 @@ def all_reduce_sum_(x: Tensor) -> Tensor:
     return x
 
 
-def linear_fp32(layer: nn.Module, x: Tensor) -> Tensor:
-    """Apply a projection in fp32 even if the module was cast to bf16/fp16 (Identity passes x through)."""
-    if isinstance(layer, nn.Linear):
-        return F.linear(x, layer.weight.float(), layer.bias.float())
-    return layer(x)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # base class
 
 
 class Quantizer(nn.Module):
-    """Base of every kind: `forward` with the layout of diffusers' `VectorQuantizer.forward`.
+    """Base of every kind: `forward` with the layout of diffusers' `VectorQuantizer.forward`, for tokens of
+    `dim` channels and a vocabulary of `num_codes`.
 
     A subclass implements `_quantize` (tokens -> codes, indices, loss), `_code_vectors` (indices -> code
     rows) and `codebook` (every code, for export). Usage is tracked here for all kinds: `steps_since_used`
     counts training forwards since each code was last chosen, so `dead_codes()` means the same everywhere.
     """
 
-    def __init__(self, num_codes: int, dim: int, code_dim: int):
+    def __init__(self, num_codes: int, dim: int):
         super().__init__()
-        self.num_codes, self.dim, self.code_dim = num_codes, dim, code_dim
-        self.project_in = nn.Linear(dim, code_dim) if code_dim != dim else nn.Identity()
-        self.project_out = nn.Linear(code_dim, dim) if code_dim != dim else nn.Identity()
+        self.num_codes, self.dim = num_codes, dim
         # Training state, persistent so a resume continues exactly.
         self.register_buffer("steps_since_used", torch.zeros(num_codes, dtype=torch.long))  # (k,)
         self.register_buffer("step", torch.tensor(0, dtype=torch.long))  # training forwards so far
@@ -87,7 +80,7 @@ class Quantizer(nn.Module):
     # -- public -------------------------------------------------------------------------------------------
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor]]:
-        """z (b, dim, h, w) -> (z_q (b, dim, h, w), loss, (perplexity, usage_counts (k,), indices (b, h, w))).
+        """z (b, d, h, w) -> (z_q (b, d, h, w), loss, (perplexity, usage_counts (k,), indices (b, h, w))).
 
         The layout of diffusers' `VectorQuantizer.forward`, so `VQModel.decode` and `VQModel.forward` work.
         Unlike diffusers, `indices` are (b, h, w) int64. `usage_counts` and `perplexity` cover all ranks'
@@ -97,21 +90,19 @@ class Quantizer(nn.Module):
             raise ValueError(
                 f"{type(self).__name__} expects latents (b, {self.dim}, h, w), got {tuple(z.shape)}"
             )
-        b, c, h, w = z.shape
+        b, _, h, w = z.shape
         is_updating = self.training and torch.is_grad_enabled()
         with torch.autocast(z.device.type, enabled=False):  # lookup, losses and statistics all in fp32
-            x = rearrange(z.float(), "b c h w -> (b h w) c")  # (n, c)
-            tokens = linear_fp32(self.project_in, x)  # (n, d) lookup space: the folded quant_conv's output
+            tokens = rearrange(z.float(), "b d h w -> (b h w) d")  # (n, d), diffusers' layout and order
             quantized, idx, loss, counts = self._quantize(tokens, is_updating)
-            z_q = rearrange(linear_fp32(self.project_out, quantized), "(b h w) c -> b c h w", b=b, h=h, w=w)
+            z_q = rearrange(quantized, "(b h w) d -> b d h w", b=b, h=h, w=w)
         return z_q.to(z.dtype), loss, (perplexity(counts), counts, idx.view(b, h, w))
 
     def indices_to_codes(self, indices: Tensor) -> Tensor:
-        """Token ids (b, h, w) -> latents (b, dim, h, w): what `forward` returns for inputs mapped to them."""
+        """Token ids (b, h, w) -> codes (b, d, h, w): what `forward` returns for inputs mapped to them."""
         b, h, w = indices.shape
-        with torch.autocast(indices.device.type, enabled=False):
-            code = self._code_vectors(indices.reshape(-1))  # (n, d)
-            return rearrange(linear_fp32(self.project_out, code), "(b h w) c -> b c h w", b=b, h=h, w=w)
+        code = self._code_vectors(indices.reshape(-1))  # (n, d) fp32
+        return rearrange(code, "(b h w) d -> b d h w", b=b, h=h, w=w)
 
     def get_codebook_entry(self, indices: Tensor, shape: tuple[int, ...]) -> Tensor:
         """diffusers' name, used by `VQModel.decode(ids, force_not_quantize=True, shape=(b, h, w, c))`."""

@@ -1,18 +1,18 @@
 """Codebook-free quantizers whose implicit codebook is a product grid: FSQ (kind: fsq) and LFQ (kind: lfq).
 
-FSQ (Mentzer et al., "Finite Scalar Quantization: VQ-VAE Made Simple", ICLR 2024) rounds each of d projected
-channels to one of L_i levels; the codebook is the product grid, prod(L_i) codes (levels [8, 5, 5, 5] = 1000).
+FSQ (Mentzer et al., "Finite Scalar Quantization: VQ-VAE Made Simple", ICLR 2024) rounds each of d channels
+to one of L_i levels; the codebook is the product grid, prod(L_i) codes (levels [8, 5, 5, 5] = 1000).
 LFQ (Yu et al., "Language Model Beats Diffusion: Tokenizer is Key to Visual Generation" (MAGVIT-v2), ICLR
 2024) takes the sign of each of d channels: the grid {-1, +1}^d, 2^d codes, i.e. FSQ with every L_i = 2,
 trained with an entropy penalty instead of FSQ's bound.
 
 Export exactness decides the design. A diffusers `VQModel` picks the row of `quantize.embedding.weight`
-nearest to `quant_conv(h)`, a LINEAR map of the encoder output. On a product grid the Euclidean nearest
+nearest to u = `quant_conv(h)`, a LINEAR map of the encoder output. On a product grid the Euclidean nearest
 point is found per channel, and per channel the nearest grid point of a value u is round-after-clamp:
 with the grid g_k = -1 + 2k/(L-1), k = 0..L-1 (spanning [-1, 1]; even L has no 0, which is the paper's
-half-step offset), k = round((clamp(u, -1, 1) + 1) (L - 1) / 2). So the code decision here is made on the
-linear projection u = project_in(z) itself, and exporting the enumerated grid with `project_in` folded into
-`quant_conv` gives the same codes. The paper's tanh bound, f(u) = floor(L/2) tanh(u), cannot be exported:
+half-step offset), k = round((clamp(u, -1, 1) + 1) (L - 1) / 2). So the code decision here is made on u
+itself, and the enumerated grid exported as the codebook gives the same codes (up to float rounding for a
+u within ~1e-6 of a cell boundary). The paper's tanh bound, f(u) = floor(L/2) tanh(u), cannot be exported:
 it is nonlinear, so no quant_conv computes it. We use the hard clamp instead.
 
 Gradients: straight-through over clamp and round, q = u + sg(code - u): the decoder's gradient reaches u
@@ -35,17 +35,17 @@ from ldm_vae.models.quantizer.base import Quantizer
 
 
 class FiniteScalarQuantizer(Quantizer):
-    """FSQ with a hard [-1, 1] box on the linear projection: exactly exportable (module docstring).
+    """FSQ with a hard [-1, 1] box on the tokens (quant_conv's output): exportable (module docstring).
 
     Index of a code: mixed radix over the channels, the last channel varying fastest (as
     `torch.cartesian_prod` enumerates the grid), index = sum_i k_i prod_{j > i} L_j.
     """
 
-    def __init__(self, levels: list[int], dim: int, *, commitment_weight: float = 0.25):
+    def __init__(self, levels: list[int], *, commitment_weight: float = 0.25):
         levels = [int(level) for level in levels]  # each >= 2 (declared on QuantizerConfig.levels)
         num_codes = math.prod(levels)
         check_enumerable(num_codes, len(levels), f"levels={levels}")
-        super().__init__(num_codes, dim, len(levels))
+        super().__init__(num_codes, len(levels))  # one token channel per level count
         self.levels = levels
         self.commitment_weight = commitment_weight
         radix = [math.prod(levels[i + 1 :]) for i in range(len(levels))]
@@ -57,7 +57,7 @@ class FiniteScalarQuantizer(Quantizer):
         self.register_buffer("level_counts", torch.tensor(levels, dtype=torch.long), persistent=False)
 
     def extra_repr(self) -> str:
-        return f"levels={self.levels}, dim={self.dim}, num_codes={self.num_codes}"
+        return f"levels={self.levels}, num_codes={self.num_codes}"
 
     # -- Quantizer ----------------------------------------------------------------------------------------
 
@@ -101,7 +101,6 @@ class LookupFreeQuantizer(FiniteScalarQuantizer):
     def __init__(
         self,
         bits: int,
-        dim: int,
         *,
         commitment_weight: float = 0.25,
         entropy_weight: float = 0.1,
@@ -109,7 +108,7 @@ class LookupFreeQuantizer(FiniteScalarQuantizer):
         temperature: float = 0.01,
     ):
         check_enumerable(2**bits, bits, f"bits={bits}")
-        super().__init__([2] * bits, dim, commitment_weight=commitment_weight)
+        super().__init__([2] * bits, commitment_weight=commitment_weight)
         self.entropy_weight = entropy_weight
         self.codebook_entropy_weight = codebook_entropy_weight
         self.temperature = temperature
@@ -118,7 +117,7 @@ class LookupFreeQuantizer(FiniteScalarQuantizer):
 
     def extra_repr(self) -> str:
         return (
-            f"bits={self.code_dim}, dim={self.dim}, num_codes={self.num_codes}, "
+            f"bits={self.dim}, num_codes={self.num_codes}, "
             f"entropy_weight={self.entropy_weight}, temperature={self.temperature}"
         )
 

@@ -10,7 +10,7 @@ Export (see base.py): this module does diffusers' exact lookup, `argmin(cdist(to
 - the codebook is `embedding.weight` (k, d), exported as `quantize.embedding.weight`;
 - with `use_cosine`, the stored rows are unit-norm (after init, every EMA update and every restart), so
   `argmin ||z - e|| == argmax z.e == argmax cos(z, e)`: the cosine lookup survives export unchanged;
-- every buffer other than the projections and `embedding.weight` is training state and is not exported.
+- every buffer other than `embedding.weight` is training state and is not exported.
 
 Distributed (taming's EmbeddingEMA and ESPnet kept per-rank statistics, so replicas drifted). Every
 collective runs only in training-mode forwards with grad enabled, on every rank alike: k-means and restarts
@@ -125,8 +125,8 @@ class VectorQuantizer(Quantizer):
     update="ema": the codebook is a moving average of the tokens assigned to it (VQ-VAE Appendix A.1), with
     no optimizer; the loss is only the commitment term. update="gradient": the codebook is a trained
     parameter and the loss adds the codebook term (VQ-VAE eq. 3, with beta on the ENCODER term, unlike
-    diffusers' legacy order). With use_cosine in gradient mode the lookup uses normalised rows; call
-    `normalize_codebook_()` after each optimizer step so the stored rows stay unit-norm for export.
+    diffusers' legacy order). With use_cosine in gradient mode the lookup (and `codebook()`) uses
+    normalised rows; `normalize_codebook_()` puts the stored rows back on the sphere.
 
     gradient="straight_through" copies the decoder's gradient onto the token (VQ-VAE); "rotation" passes
     it through the rotation and rescaling that maps the token onto its code (`rotate_to_codes`), so tokens
@@ -142,7 +142,6 @@ class VectorQuantizer(Quantizer):
         num_codes: int,
         dim: int,
         *,
-        code_dim: int | None = None,
         commitment_weight: float = 0.25,
         update: Literal["ema", "gradient"] = "ema",
         gradient: Literal["straight_through", "rotation"] = "straight_through",
@@ -154,13 +153,12 @@ class VectorQuantizer(Quantizer):
         dead_code_window_steps: int = 0,
         seed: int = 0,
     ):
-        code_dim = dim if code_dim is None else code_dim
         # The config declares the ranges of the other arguments (ldm_vae/config.py QuantizerConfig).
         if eps <= 0:
             raise ConfigError(f"eps={eps} must be > 0 (Laplace smoothing, 1e-5 is usual)")
         if kmeans_iters < 1:
             raise ConfigError(f"kmeans_iters={kmeans_iters} must be >= 1")
-        super().__init__(num_codes, dim, code_dim)
+        super().__init__(num_codes, dim)
         self.commitment_weight = commitment_weight
         self.update, self.gradient = update, gradient
         self.decay, self.eps = decay, eps
@@ -170,9 +168,9 @@ class VectorQuantizer(Quantizer):
         self.seed = seed
         self.last_restarts = 0  # codes restarted by the latest training forward, for logging (not state)
 
-        self.embedding = nn.Embedding(num_codes, code_dim)
+        self.embedding = nn.Embedding(num_codes, dim)
         with torch.no_grad():  # taming's uniform(-1/k, 1/k), from `seed` so every rank starts identical
-            codes = torch.empty(num_codes, code_dim).uniform_(
+            codes = torch.empty(num_codes, dim).uniform_(
                 -1 / num_codes, 1 / num_codes, generator=torch_generator(seed, "quantizer", 0)
             )
             self.embedding.weight.copy_(F.normalize(codes, dim=-1) if use_cosine else codes)
@@ -186,7 +184,7 @@ class VectorQuantizer(Quantizer):
 
     def extra_repr(self) -> str:
         return (
-            f"num_codes={self.num_codes}, dim={self.dim}, code_dim={self.code_dim}, update={self.update!r}, "
+            f"num_codes={self.num_codes}, dim={self.dim}, update={self.update!r}, "
             f"gradient={self.gradient!r}, use_cosine={self.use_cosine}, "
             f"dead_code_window_steps={self.dead_code_window_steps}"
         )
@@ -217,10 +215,9 @@ class VectorQuantizer(Quantizer):
         return self._codes()[indices]
 
     def codebook(self) -> Tensor:
-        """`embedding.weight`; unit rows with use_cosine (gradient-mode rows drift off the sphere between
-        `normalize_codebook_` calls, and the lookup always normalised them)."""
-        codes = self.embedding.weight.detach().float()
-        return F.normalize(codes, dim=-1) if self.use_cosine else codes
+        """The rows the lookup uses, bit for bit: `embedding.weight`, renormalised in gradient mode with
+        use_cosine (the optimizer moves rows off the sphere between `normalize_codebook_` calls)."""
+        return self._codes().detach()
 
     def health(self) -> dict[str, float]:
         return {**super().health(), "restarted_codes": self.last_restarts}
@@ -274,7 +271,7 @@ class VectorQuantizer(Quantizer):
     @torch.no_grad()
     def _update_(self, unit: Tensor, idx: Tensor, counts: Tensor) -> Tensor:
         """EMA codebook update (VQ-VAE App. A.1), usage bookkeeping, restarts; returns all ranks' counts."""
-        sums = unit.new_zeros(self.num_codes, self.code_dim).index_add_(0, idx, unit)  # (k, d) one-hot^T @ x
+        sums = unit.new_zeros(self.num_codes, self.dim).index_add_(0, idx, unit)  # (k, d) one-hot^T @ x
         stats = all_reduce_sum_(torch.cat([counts[:, None], sums], dim=1))  # (k, 1 + d): one collective
         counts_all, sums_all = stats[:, 0], stats[:, 1:]
         self.cluster_size.mul_(self.decay).add_(counts_all, alpha=1 - self.decay)  # eq. (6)
