@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
+from PIL import Image
+
+from ldm_vae.data import ShapesDataset
 from ldm_vae.train.cli import main
 
 # The chain at toy size: 16 px shapes, a few steps per stage; the figures are meaningless, the plumbing real.
@@ -44,6 +48,8 @@ def test_demo_runs_the_chain_and_reports_every_stage(tmp_path, capsys):
     for text in ("held-out PSNR", "scaling_factor", "class accuracy", "![samples](ldm/samples.png)"):
         assert text in report, text
     assert "ldm-vae train-ldm ldm-tiny" in report  # the commands that reproduce each stage
+    assert "reconstructions of them (the ceiling)" in report
+    assert 0 <= figures["samples"]["reconstructions"]["accuracy"] <= 1
 
     capsys.readouterr()
     assert main(["demo", "--run-dir", str(run_dir), *TOY]) == 0
@@ -56,3 +62,67 @@ def test_demo_rejects_a_bad_override_before_any_work(tmp_path, capsys):
     assert main(["demo", "--run-dir", str(tmp_path / "demo"), "--ldm", "train.max_stepz=4"]) == 2
     assert "train.max_stepz: unknown config key" in capsys.readouterr().err
     assert not (tmp_path / "demo").exists()
+
+
+def labelled_folder(root, classes: int, per_class: int):
+    """`classes` class sub-folders of 16 px PNGs: the first shape kinds of builtin:shapes."""
+    shapes = ShapesDataset(400, 16, seed=0)
+    counts = dict.fromkeys(range(classes), 0)
+    for i in range(len(shapes)):
+        label = int(shapes.factors(i)["label"])
+        if counts.get(label, per_class) < per_class:
+            folder = root / f"kind{label}"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray((shapes.render(i) * 255).round().astype("uint8")).save(folder / f"{i:04d}.png")
+            counts[label] += 1
+    return root
+
+
+@pytest.mark.slow
+def test_demo_takes_the_data_once_and_uses_it_in_every_stage(tmp_path):
+    """3 classes, not the shapes' 6: the store, the pipeline, the judge and the report all see the folder."""
+    folder = labelled_folder(tmp_path / "images", classes=3, per_class=16)
+    run_dir = tmp_path / "demo"
+    assert main(["demo", "--run-dir", str(run_dir), "--data", str(folder), *TOY]) == 0
+    manifest = json.loads((run_dir / "latents" / "manifest.json").read_text())
+    assert manifest["num_samples"] == 48 and manifest["classes"] == ["kind0", "kind1", "kind2"]
+    pipeline_index = json.loads((run_dir / "ldm" / "pipeline" / "model_index.json").read_text())
+    assert pipeline_index["class_names"] == ["kind0", "kind1", "kind2"]
+    figures = json.loads((run_dir / "demo.json").read_text())
+    assert figures["data"] == {"source": str(folder), "resolution_px": 16, "classes": 3}
+    assert 0 <= figures["samples"]["guidance_2"]["accuracy"] <= 1
+    assert f"Data `{folder}`: 16 px, 3 classes" in (run_dir / "report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--ae", "data.source=builtin:shapes-text"], "the demo's data is --data"),
+        (["--ae", "run_dir=elsewhere"], "the demo sets run_dir itself"),
+        (["--ldm", "data.latents=elsewhere"], "the demo sets data.latents itself"),
+        (["--ldm", "model.latent_channels=8"], "the demo's autoencoder makes 4"),
+        (["--ldm", "model.latent_size=4"], "the demo's latents are 8x8"),
+        (
+            ["--ae", "data.resolution_px=24", "--ldm", "model.block_out_channels=[32,32,64]"]
+            + ["--ldm", "model.attention_levels=[false,false,true]"],
+            "levels do not divide the 6x6 latents",
+        ),
+        (["--ldm", "model.conditioning=none", "--ldm", "sample.guidance_scale=1"], "scores samples by class"),
+        (["--data", "builtin:nothing"], "unknown builtin dataset"),
+    ],
+)
+def test_demo_refuses_stages_that_disagree_before_any_work(tmp_path, capsys, arguments, message):
+    assert main(["demo", "--run-dir", str(tmp_path / "demo"), *arguments]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "demo").exists()
+
+
+def test_demo_refuses_a_rerun_on_other_data(tmp_path, capsys):
+    ae_dir = tmp_path / "demo" / "autoencoder"
+    ae_dir.mkdir(parents=True)
+    (ae_dir / "config.yaml").write_text("data:\n  source: /some/folder\n")
+    assert main(["demo", "--run-dir", str(tmp_path / "demo")]) == 2
+    assert (
+        "data.source='/some/folder', not 'builtin:shapes': use another --run-dir" in capsys.readouterr().err
+    )
