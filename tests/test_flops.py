@@ -48,6 +48,19 @@ def test_step_flops_counts_each_phase_once_and_remembers_it():
     assert set(flops.per_phase) == {"d_off", "d_on"}
 
 
+def test_step_flops_resumed_from_its_state_dict_does_not_count_again():
+    """Counting alters the last bits of a step's gradients: a resumed run must count what the
+    uninterrupted one counted, not the first step after the resume."""
+    counted = StepFlops()
+    with counted.counting("d_off"):
+        train_step(conv_linear_model())
+    resumed = StepFlops()
+    resumed.load_state_dict(counted.state_dict())
+    with resumed.counting("d_off"):
+        train_step(conv_linear_model(), batch=4)  # would count double if counted
+    assert resumed.current == counted.current == 2 * 10368 + 3 * 2880
+
+
 def test_achieved_tflops_and_mfu_arithmetic():
     assert achieved_tflops(3e12, steps_per_second=0.5) == pytest.approx(1.5)
     assert model_flops_utilization(3e12, steps_per_second=0.5, peak_tflops=6.0) == pytest.approx(0.25)

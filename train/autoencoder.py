@@ -47,6 +47,7 @@ from ldm_vae.training.autoencoder_report import export_and_report, finish_run
 from ldm_vae.training.checkpoints import resume_point
 from ldm_vae.training.run import TrainingRun, start_run
 from ldm_vae.training.schedule import lr_at, set_lr
+from ldm_vae.training.sharding import is_sharded
 from ldm_vae.viz import reconstruction_grid
 
 # ---------------------------------------------------------------------------------------------------
@@ -239,6 +240,12 @@ def setup(cfg: AutoencoderTrainConfig, for_training: bool = True) -> Session:
     accelerator = build_accelerator(
         run_dir, cfg.train.mixed_precision, cfg.train.grad_accum_steps, cfg.train.use_compile
     )
+    if is_sharded(accelerator) and cfg.loss.disc_weight > 0:
+        raise ConfigError(
+            f"loss.disc_weight={cfg.loss.disc_weight} under FSDP: the discriminator has no ResnetBlock2D "
+            "for fsdp.yaml to shard by; train the GAN stage with configs/accelerate/ddp.yaml or set "
+            "loss.disc_weight=0"
+        )
     torch.manual_seed(cfg.seed)  # weight init: the same on every process
     dataset = build_dataset(cfg.data.source, cfg.data.resolution_px, cfg.data.builtin_samples, cfg.seed)
     train_indices, held_out_indices = train_held_out_split(dataset, cfg.data.held_out_samples, cfg.seed)

@@ -293,7 +293,7 @@ def train(cfg: LDMTrainConfig) -> Path:
             run.checkpoint_if_due(stop_now)
 
     extra = run.finish()  # last checkpoint and replica check, on every process
-    if accelerator.is_main_process:
+    if accelerator.is_main_process and not run.sharded:
         run.ema.copy_to(raw_unet.parameters())  # training is over: the export holds the EMA weights
         export_pipeline(cfg, pipe, extra)
     accelerator.wait_for_everyone()

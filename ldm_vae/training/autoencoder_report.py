@@ -148,7 +148,7 @@ def finish_run(
     """On every process after the loop: last checkpoint and replica check (collective), then the main
     process exports the EMA weights and writes the report."""
     extra = run.finish()
-    if run.accelerator.is_main_process:
+    if run.accelerator.is_main_process and not run.sharded:
         vae, ema, tracker = run.ema_target, run.ema, run.tracker
         ema.store(vae.parameters())
         ema.copy_to(vae.parameters())

@@ -3,7 +3,9 @@
 `checkpoints/step-0001234/` holds everything `accelerator.save_state` writes (optimizers, grad scaler,
 RNG, registered objects such as `Progress` and the EMA), plus each model's weights as
 `<name>.safetensors` with unwrapped keys: accelerate would save the DDP wrapper's `module.`-prefixed
-keys, and a checkpoint from 8 GPUs would then not load on 1 (or in `ldm-vae export`).
+keys, and a checkpoint from 8 GPUs would then not load on 1 (or in `ldm-vae export`). Under FSDP the
+weights and the EMA are gathered whole first (ldm_vae/training/sharding.py), so a sharded run's
+checkpoint resumes on one process too.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ldm_vae.errors import ConfigError
+from ldm_vae.training.sharding import full_state_dict, load_full_state_dict
 
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d{7,})$")
 
@@ -112,16 +115,16 @@ class CheckpointManager:
         accelerator.register_load_state_pre_hook(self._load_models)
 
     def _save_models(self, models: list[nn.Module], weights: list[dict], output_dir: str) -> None:
-        if self.accelerator.is_main_process:
-            for name, model in zip(self.names, models, strict=True):
-                state = self.accelerator.unwrap_model(model).state_dict()
+        for name, model in zip(self.names, models, strict=True):
+            state = full_state_dict(self.accelerator.unwrap_model(model))  # every rank: FSDP gathers
+            if self.accelerator.is_main_process:
                 save_file({k: v.contiguous() for k, v in state.items()}, f"{output_dir}/{name}.safetensors")
         weights.clear()  # accelerate must not write the wrapped copies as well
 
     def _load_models(self, models: list[nn.Module], input_dir: str) -> None:
         for name, model in zip(self.names, models, strict=True):
             state = load_file(f"{input_dir}/{name}.safetensors")
-            self.accelerator.unwrap_model(model).load_state_dict(state)
+            load_full_state_dict(self.accelerator.unwrap_model(model), state)  # sharded again under FSDP
         models.clear()  # already loaded; accelerate would look for its own file names
 
     def save(self, progress: Progress) -> Path:

@@ -40,14 +40,24 @@ class StepFlops:
     """FLOPs of one optimizer step, counted on the first step of each phase and remembered.
 
     A phase is whatever changes the work of a step: train-ae's discriminator joins after
-    `disc_start_steps`, so its steps get more expensive; train-ldm has one phase. Wrap the whole step
-    (all micro-batches, their forwards and backwards) in `counting(phase)`: on a phase's first step the
+    `disc_start_steps`, so its steps get more expensive; train-ldm has one phase. Wrap the work to count
+    (the jobs: one micro-batch's forward and backward) in `counting(phase)`: the first time in a phase the
     counter runs (a few percent slower, once), afterwards it costs nothing.
+
+    Counting changes a step's gradients in the last bits (torch dispatches some backward kernels
+    differently under the counter), so the counts are checkpointed: a resumed run counts exactly the
+    steps the uninterrupted run counted, and ends with the same weights.
     """
 
     def __init__(self) -> None:
         self.per_phase: dict[Hashable, int] = {}
         self.current: int | None = None  # FLOPs of the phase of the last step; None before the first
+
+    def state_dict(self) -> dict[str, list]:
+        return {"per_phase": list(self.per_phase.items())}
+
+    def load_state_dict(self, state: dict[str, list]) -> None:
+        self.per_phase = dict(state["per_phase"])
 
     @contextmanager
     def counting(self, phase: Hashable = None) -> Iterator[None]:

@@ -39,6 +39,7 @@ from ldm_vae.training.checkpoints import (
 )
 from ldm_vae.training.flops import StepFlops, achieved_tflops, measure_peak_tflops
 from ldm_vae.training.replicas import check_replicas
+from ldm_vae.training.sharding import PortableEMA, is_sharded
 from ldm_vae.training.tracking import RunningMeans, RunTracker
 
 
@@ -69,11 +70,16 @@ class TrainingRun:
     samples_name: str  # "images" or "latents": names the throughput scalar
     divergence_advice: str  # what to try when the run stops on non-finite losses
     peak_tflops: float  # the device's dense matmul peak, MFU's unit (train.peak_tflops or measured at start)
-    flops: StepFlops = field(default_factory=StepFlops)  # FLOPs of one micro-batch, counted once per phase
+    flops: StepFlops  # FLOPs of one micro-batch, counted once per phase (checkpointed)
     running: RunningMeans = field(default_factory=RunningMeans)  # job scalars since the last log
     grad_norms: dict[str, torch.Tensor] = field(default_factory=dict)  # of the last applied step
     tracker: RunTracker | None = None  # set by `tracking()`
     stop: StopRequest | None = None
+
+    @property
+    def sharded(self) -> bool:
+        """FSDP: the main process cannot run a model alone, so no image grids and no export in the run."""
+        return is_sharded(self.accelerator)
 
     @property
     def samples_per_step(self) -> int:
@@ -165,9 +171,10 @@ class TrainingRun:
         self.tracker.postfix(values, self.samples_name)
 
     def images_due(self) -> bool:
-        """Image grids: main process only, never inside a streak of skipped steps."""
+        """Image grids: main process only, never inside a streak of skipped steps, never sharded."""
         return (
-            self.progress.healthy
+            not self.sharded
+            and self.progress.healthy
             and self.accelerator.is_main_process
             and self.progress.step % self.train.image_every_steps == 0
         )
@@ -188,14 +195,16 @@ class TrainingRun:
         the replica check. Returns the run's counters and the replica digests for the report."""
         if self.progress.step % self.train.checkpoint_every_steps:
             self.checkpoints.save(self.progress)
+        counters = {**self.progress.state_dict(), "num_processes": self.accelerator.num_processes}
+        if self.sharded:  # each process holds other shards by design: nothing to compare
+            self.tracker.info(
+                f"sharded (FSDP) run: export it on one process with `ldm-vae export {self.run_dir}`"
+            )
+            return counters
         replicas = check_replicas(self.accelerator, list(self.models.values()))
         if not replicas["replicas_identical"]:
             self.tracker.info(f"WARNING: processes hold different weights after training: {replicas}")
-        return {
-            **self.progress.state_dict(),
-            "num_processes": self.accelerator.num_processes,
-            **replicas,
-        }
+        return {**counters, **replicas}
 
 
 def start_run(
@@ -218,17 +227,18 @@ def start_run(
     """
     if train.gradient_checkpointing:
         ema_target.enable_gradient_checkpointing()
-    ema = EMAModel(ema_target.parameters(), decay=train.ema_decay)
-    ema.to(accelerator.device)
     prepared = accelerator.prepare(*models.values(), *optimizers.values())
     if len(models) + len(optimizers) == 1:
         prepared = (prepared,)
+    # after prepare: under FSDP the EMA then averages this process's shards, as the optimizer does
+    ema = PortableEMA(ema_target.parameters(), decay=train.ema_decay)
     prepared_models = dict(zip(models, prepared[: len(models)], strict=True))
     prepared_optimizers = dict(zip(optimizers, prepared[len(models) :], strict=True))
 
-    progress = Progress()
+    progress, flops = Progress(), StepFlops()
     accelerator.register_for_checkpointing(progress)
     accelerator.register_for_checkpointing(ema)
+    accelerator.register_for_checkpointing(flops)  # a resumed run recounts no phase: same numerics
     checkpoints = CheckpointManager(accelerator, run_dir, train.checkpoint_total_limit, prepared_models)
     if resume_from is not None:
         checkpoints.load(resume_from)
@@ -247,4 +257,5 @@ def start_run(
         samples_name=samples_name,
         divergence_advice=divergence_advice,
         peak_tflops=train.peak_tflops or measure_peak_tflops(accelerator.device),
+        flops=flops,
     )
