@@ -249,7 +249,7 @@ def score_ldm(
     report = json.loads((ldm_dir / "report.json").read_text())
     pipe = load_pipeline(str(ldm_dir / "pipeline"))
     return {
-        **{key: report[key] for key in ("steps", "final_loss", "unet_parameters", "reload_max_abs_diff")},
+        **{key: report[key] for key in ("step", "final_loss", "unet_parameters", "reload_max_abs_diff")},
         **score_pipeline(pipe, classifier, real_features, ldm_cfg.sample, per_class, seed),
     }
 

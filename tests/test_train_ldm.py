@@ -110,7 +110,7 @@ def test_diffusion_draws_are_keyed_by_position_not_by_batch():
 def test_train_saves_a_pipeline_that_reloads_and_samples_identically(store, tmp_path):
     run_dir = train(ldm_config(store, tmp_path / "run"))
     report = json.loads((run_dir / "report.json").read_text())
-    assert report["steps"] == 6 and report["nonfinite_steps"] == 0
+    assert report["step"] == 6 and report["nonfinite_steps"] == 0
     assert report["reload_max_abs_diff"] == 0.0
     assert (run_dir / "samples.png").is_file() and (run_dir / "loss_curves.png").is_file()
     assert len((run_dir / "stats.jsonl").read_text().splitlines()) == 6
@@ -129,6 +129,19 @@ def test_train_saves_a_pipeline_that_reloads_and_samples_identically(store, tmp_
     with pytest.raises(ConfigError, match="already holds checkpoints"):
         train(ldm_config(store, run_dir))
     assert sorted(p.name for p in run_dir.rglob("*")) == before
+
+
+def test_export_of_an_ldm_run_rebuilds_the_pipeline_from_its_checkpoint(store, tmp_path):
+    """`ldm-vae export RUN_DIR` on a train-ldm run: the pipeline from the last checkpoint's EMA weights."""
+    run_dir = train(ldm_config(store, tmp_path / "run"))
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["replicas_identical"] and len(report["replica_digests"]) == 1
+    trained = LatentDiffusionPipeline.from_pretrained(run_dir / "pipeline").unet.state_dict()
+    shutil.rmtree(run_dir / "pipeline")
+    assert main(["export", str(run_dir)]) == 0
+    exported = LatentDiffusionPipeline.from_pretrained(run_dir / "pipeline").unet.state_dict()
+    assert all(torch.equal(trained[key], exported[key]) for key in trained)
+    assert json.loads((run_dir / "report.json").read_text())["reload_max_abs_diff"] == 0.0
 
 
 def test_resume_from_a_checkpoint_ends_with_the_weights_of_an_uninterrupted_run(store, tmp_path):
