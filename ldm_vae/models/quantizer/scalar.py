@@ -141,7 +141,8 @@ class LookupFreeQuantizer(FiniteScalarQuantizer):
         log_plus, log_minus = F.logsigmoid(logits), F.logsigmoid(-logits)  # (n, d) each
         sample_entropy = -(log_plus.exp() * log_plus + log_minus.exp() * log_minus).sum(dim=-1).mean()
         plus = (self.codebook() > 0).float()  # (k, d) 1 where code c has c_i = +1
-        log_assign = log_plus @ plus.T + log_minus @ (1 - plus).T  # (n, k) log p(c | u)
+        # log p(c | u) = sum_i log_minus_i + sum_{i: c_i = +1} logits_i, as log_plus - log_minus = logits
+        log_assign = logits @ plus.T + log_minus.sum(dim=-1, keepdim=True)  # (n, k)
         log_mean = torch.logsumexp(log_assign, dim=0) - math.log(len(tokens))  # (k,) log mean_n p(c | u_n)
         codebook_entropy = -(log_mean.exp() * log_mean).sum()
         return sample_entropy, codebook_entropy
