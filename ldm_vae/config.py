@@ -108,6 +108,13 @@ def add_image_data_options(parser: argparse.ArgumentParser, builtin_samples: int
         default=builtin_samples,
         help="size of a builtin dataset",
     )
+    add_column_options(parser)
+
+
+def add_column_options(parser: argparse.ArgumentParser) -> None:
+    """--image-column, --label-column, --caption-column: hf: columns or wds: extensions (see DataConfig)."""
+    for part in ("image", "label", "caption"):
+        parser.add_argument(f"--{part}-column", help=f"hf: column / wds: extension holding the {part}")
 
 
 @dataclass

@@ -15,6 +15,7 @@ Stream names in use (one per independent kind of draw):
   diffusion        the diffusion noise, timestep and label/caption drop at stream position p
   quantizer        codebook init (position 0) and dead-code restarts (position = step)
   caption          which template writes the caption of builtin:shapes sample i (position = i)
+  pack_order       the shuffle of an image folder's samples across the shards `ldm-vae pack` writes
   export_statistics  the posterior draws that measure an exported autoencoder's scaling_factor
   equivariance     the EQ-VAE scale/rotation of autoencoder training step p (position = step)
 """

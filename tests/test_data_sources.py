@@ -6,23 +6,39 @@ import io
 import json
 import multiprocessing
 import os
+import signal
+import subprocess
+import sys
 import tarfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import datasets
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_OVERRIDES, tiny_config
 from PIL import Image
+from safetensors.torch import load_file
 from webdataset.writer import TarWriter
 
-from ldm_vae.data import ImageFolderDataset, WebDatasetShards, build_dataset, image_transform, read_skips
+from ldm_vae.data import (
+    SHAPE_KINDS,
+    ImageFolderDataset,
+    ShapesDataset,
+    WebDatasetShards,
+    build_dataset,
+    image_transform,
+    read_skips,
+)
 from ldm_vae.data import index as folder_index_module
 from ldm_vae.data import wds as wds_module
 from ldm_vae.data.hf import HuggingFaceImages
 from ldm_vae.errors import ConfigError
 
 RES_PX = 16
+REPO = Path(__file__).resolve().parent.parent
 
 # ---------------------------------------------------------------------------------------------------------
 # helpers: tiny images, shards and datasets
@@ -431,3 +447,205 @@ def test_columns_are_refused_for_folders(tmp_path):
     write_folder(tmp_path / "images")
     with pytest.raises(ConfigError, match=r"data\.label_column='x': only hf: and wds: sources have columns"):
         build_dataset(str(tmp_path / "images"), RES_PX, 1, 0, label_column="x")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# ldm-vae pack and ldm-vae check-data
+
+
+def write_captioned_folder(root: Path) -> None:
+    write_folder(root, n_per_class=5)
+    (root / "cat" / "0.txt").write_text("a cat")
+    (root / "metadata.jsonl").write_text(json.dumps({"file_name": "dog/4.png", "caption": "a dog"}))
+    (root / "dog" / "broken.png").write_text("not an image")
+
+
+def test_pack_writes_shards_that_read_back_as_the_folder(tmp_path):
+    from ldm_vae.train.cli import main
+
+    root = tmp_path / "images"
+    write_captioned_folder(root)
+    out = tmp_path / "out"
+    assert main(["pack", str(root), str(out), "--shard-size", "4"]) == 0
+    assert sorted(p.name for p in out.glob("*.tar")) == [f"shard-{i:05d}.tar" for i in range(3)]
+    folder, shards = ImageFolderDataset(root, RES_PX), WebDatasetShards(str(tmp_path / "out"), RES_PX)
+    assert len(shards) == len(folder) == 10 and shards.classes == folder.classes == ["cat", "dog"]
+    by_path = {folder.sample_key(i): i for i in range(len(folder))}
+    order = []
+    for i in range(len(shards)):
+        with tarfile.open(shards.shards[shards._shard[i]]) as tar:  # the packed json names the source file
+            key = shards.sample_key(i).split(":")[1]
+            path = json.loads(tar.extractfile(f"{key}.json").read())["path"]
+        j = by_path[path]
+        order.append(j)
+        assert torch.equal(shards[i][0], folder[j][0]) and shards.label(i) == folder.label(j)
+        assert shards.caption(i) == folder.caption(j)
+    assert sorted(order) == list(range(10)) and order != list(range(10))  # all of them, shuffled
+    plan = json.loads((tmp_path / "out" / "pack.json").read_text())
+    assert plan["skipped"] == [["dog/broken.png", "not a readable image"]]
+
+
+def test_an_interrupted_pack_resumes_to_the_same_bytes(tmp_path):
+    from ldm_vae.train.cli import main
+
+    root = tmp_path / "images"
+    write_captioned_folder(root)
+    out = tmp_path / "out"
+    assert main(["pack", str(root), str(out), "--shard-size", "3"]) == 0
+    whole = {p.name: p.read_bytes() for p in out.glob("*.tar")}
+    (out / "shard-00002.tar").unlink()  # as if killed before the third shard was renamed into place
+    (out / ".tmp-shard-00002.tar").write_bytes(b"partial")
+    assert main(["pack", str(root), str(out), "--shard-size", "3"]) == 0
+    assert {p.name: p.read_bytes() for p in out.glob("*.tar")} == whole
+    assert main(["pack", str(root), str(out), "--shard-size", "5"]) == 2  # other settings, same folder
+
+
+def test_check_data_names_every_unreadable_sample(tmp_path, capsys):
+    from ldm_vae.train.cli import main
+
+    root = tmp_path / "images"
+    write_captioned_folder(root)
+    half = (root / "cat" / "1.png").read_bytes()
+    (root / "cat" / "1.png").write_bytes(half[: len(half) // 2])  # its header still parses
+    report_path = tmp_path / "report.json"
+    assert main(["check-data", str(root), "--num-workers", "0", "--json", str(report_path)]) == 1
+    line = capsys.readouterr().out
+    assert "10 samples in 2 classes, 2 captioned; 1 left out when indexed, 1 do not decode" in line
+    report = json.loads(report_path.read_text())
+    assert report["unreadable"] == [["cat/1.png", "truncated"]]
+    assert report["classes"] == {"cat": 5, "dog": 5}
+
+    write_shards(tmp_path / "shards")
+    assert main(["check-data", f"wds:{tmp_path}/shards", "--num-workers", "1"]) == 0
+    assert main(["check-data", "builtin:shapes"]) == 2
+
+
+# ---------------------------------------------------------------------------------------------------------
+# jobs on wds: and hf: sources: encode by input shard, exact resume after SIGKILL, two processes
+
+
+def encode_args(model: Path, data: str, out: Path) -> list[str]:
+    return [
+        *("encode", "--model", str(model), "--data", data, "--shard-size", "4", "--batch-size", "2"),
+        *("--num-workers", "0", "--resolution", str(RES_PX), "--out", str(out)),
+    ]
+
+
+def launch(module: str, arguments: list[str], processes: int = 1) -> subprocess.Popen:
+    launcher = [sys.executable]
+    if processes > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}  # same float sums as in-process
+    command = [*launcher, "-m", module, *arguments]
+    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def kill_when(process: subprocess.Popen, ready: Callable[[], bool]) -> None:
+    """SIGKILL `process` as soon as `ready()` holds."""
+    deadline = time.time() + 120
+    while time.time() < deadline and not ready():
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+
+
+def test_encode_keeps_input_shards_whole_and_records_the_source(kl_model, tmp_path):
+    from ldm_vae.train.cli import main
+    from ldm_vae.train.encode import plan_shards, shard_range
+
+    written = write_shards(tmp_path / "shards", num_shards=3, per_shard=5)
+    data = f"wds:{tmp_path}/shards"
+    assert main(encode_args(kl_model, data, tmp_path / "store")) == 0
+    manifest = json.loads((tmp_path / "store" / "manifest.json").read_text())
+    assert [shard["count"] for shard in manifest["shards"]] == [4, 1, 4, 1, 4, 1]  # never across input shards
+    assert manifest["data"]["source"] == data
+    assert manifest["data"]["fingerprint"] == WebDatasetShards(f"{tmp_path}/shards", RES_PX).fingerprint
+    stored = [load_file(tmp_path / "store" / shard["file"]) for shard in manifest["shards"]]
+    assert torch.equal(torch.cat([s["sample_index"] for s in stored]), torch.arange(15))
+    assert torch.cat([s["labels"] for s in stored]).tolist() == [int(sample["cls"]) for sample in written]
+
+    groups = plan_shards(WebDatasetShards(f"{tmp_path}/shards", RES_PX), 4)
+    assert groups == [[range(0, 4), range(4, 5)], [range(5, 9), range(9, 10)], [range(10, 14), range(14, 15)]]
+    assert [shard_range(len(groups), rank, 2) for rank in (0, 1)] == [range(0, 2), range(2, 3)]
+
+
+@pytest.mark.slow
+def test_encode_from_shards_resumes_after_sigkill_and_two_processes_match_one(kl_model, tmp_path):
+    write_shards(tmp_path / "shards", num_shards=4, per_shard=9)
+    write_shard(tmp_path / "shards" / "shard-00004.tar", [{"__key__": "bad", "png": b"garbage", "cls": "1"}])
+    data = f"wds:{tmp_path}/shards"
+
+    def digests(out: Path) -> list[str]:
+        return [shard["sha256"] for shard in json.loads((out / "manifest.json").read_text())["shards"]]
+
+    whole = tmp_path / "whole"
+    assert launch("ldm_vae.train.encode", encode_args(kl_model, data, whole)[1:]).wait(timeout=300) == 0
+    manifest = json.loads((whole / "manifest.json").read_text())
+    assert manifest["skipped"] == [["shard-00004.tar:bad", "not a readable image"]]
+
+    killed = tmp_path / "killed"
+    process = launch("ldm_vae.train.encode", encode_args(kl_model, data, killed)[1:])
+    kill_when(process, lambda: (killed / "shard-00002.json").exists())
+    assert not (killed / "manifest.json").exists(), "the kill should land before the end"
+    assert launch("ldm_vae.train.encode", encode_args(kl_model, data, killed)[1:]).wait(timeout=300) == 0
+    assert digests(killed) == digests(whole)
+
+    two = tmp_path / "two"
+    completed = launch("ldm_vae.train.encode", encode_args(kl_model, data, two)[1:], processes=2)
+    assert completed.wait(timeout=300) == 0, completed.stderr.read().decode()[-2000:]
+    assert digests(two) == digests(whole)
+
+
+TRAIN_STEPS = ["train.max_steps=12", "train.checkpoint_every_steps=2", "train.image_every_steps=1000"]
+
+
+def tiny_source(kind: str, folder: Path) -> str:
+    """40 shapes as PNGs of 20 px in a wds: or an hf: source: the same pixels either way."""
+    shapes = ShapesDataset(40, 20, seed=0)
+    encoded = []
+    for i in range(40):
+        pixels = ((shapes[i][0].permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy()
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="PNG")
+        encoded.append((buffer.getvalue(), shapes[i][1]))
+    if kind == "wds":
+        folder.mkdir(parents=True)
+        for s in range(4):
+            part = encoded[s * 10 : (s + 1) * 10]
+            write_shard(
+                folder / f"part-{s}.tar",
+                [
+                    {"__key__": f"{i:03d}", "png": png, "cls": str(label)}
+                    for i, (png, label) in enumerate(part)
+                ],
+            )
+        return f"wds:{folder}/part-{{0..3}}.tar"
+    rows = {"image": [png for png, _ in encoded], "label": [label for _, label in encoded]}
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=SHAPE_KINDS)})
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(folder))
+    return f"hf:{folder}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["wds", "hf"])
+def test_train_ae_killed_and_resumed_ends_bit_identical(tmp_path, kind):
+    from ldm_vae.train.autoencoder import train
+    from ldm_vae.training.checkpoints import list_checkpoints
+
+    source = tiny_source(kind, tmp_path / "data")
+    settings = [f"data.source={source}", "data.num_workers=1", *TRAIN_STEPS]
+    uninterrupted = train(tiny_config(tmp_path / "a", *settings))
+
+    interrupted = tmp_path / "b"
+    arguments = ["kl-tiny", *TINY_OVERRIDES, *settings, f"run_dir={interrupted}"]
+    process = launch("ldm_vae.train.autoencoder", arguments)
+    kill_when(process, lambda: len(list_checkpoints(interrupted)) >= 2 if interrupted.exists() else False)
+    stopped_at = json.loads((list_checkpoints(interrupted)[-1] / "progress.json").read_text())["step"]
+    assert 2 <= stopped_at < 12
+
+    train(tiny_config(interrupted, *settings, "train.resume=latest"))
+    for name in ("ae", "discriminator"):
+        a = load_file(list_checkpoints(uninterrupted)[-1] / f"{name}.safetensors")
+        b = load_file(list_checkpoints(interrupted)[-1] / f"{name}.safetensors")
+        assert all(torch.equal(a[key], b[key]) for key in a), f"{name}: resumed weights differ"

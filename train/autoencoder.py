@@ -17,7 +17,13 @@ from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader, Dataset
 
 from ldm_vae.config import AutoencoderTrainConfig, LossConfig, save_config
-from ldm_vae.data import RandomFlipView, build_dataset, train_held_out_split
+from ldm_vae.data import (
+    IndexedImageDataset,
+    RandomFlipView,
+    build_dataset,
+    source_columns,
+    train_held_out_split,
+)
 from ldm_vae.data.sampler import StreamSampler
 from ldm_vae.errors import ConfigError
 from ldm_vae.losses import (
@@ -247,7 +253,15 @@ def setup(cfg: AutoencoderTrainConfig, for_training: bool = True) -> Session:
             "loss.disc_weight=0"
         )
     torch.manual_seed(cfg.seed)  # weight init: the same on every process
-    dataset = build_dataset(cfg.data.source, cfg.data.resolution_px, cfg.data.builtin_samples, cfg.seed)
+    dataset = build_dataset(
+        cfg.data.source,
+        cfg.data.resolution_px,
+        cfg.data.builtin_samples,
+        cfg.seed,
+        **source_columns(cfg.data),
+    )
+    if isinstance(dataset, IndexedImageDataset):  # unreadable samples met while training, for metrics.json
+        dataset.record_skips_to(Path(cfg.run_dir) / "skipped.jsonl")
     train_indices, held_out_indices = train_held_out_split(dataset, cfg.data.held_out_samples, cfg.seed)
     lpips = build_lpips(cfg.loss) if for_training else None
     module, disc = build_models(cfg)

@@ -27,6 +27,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "interpolate": ("interpolate", "latent interpolation strips, their smoothness, and prior samples"),
     "export": ("", "export a training checkpoint (train-ae or train-ldm run) as a diffusers folder"),
     "demo": ("demo", "the whole chain on built-in data: VAE, encode, LDM, report"),
+    "check-data": ("check_data", "decode every sample of a source and name the unreadable ones"),
+    "pack": ("pack", "pack an image folder into WebDataset tar shards"),
 }
 TRAINING_JOBS = {"train-ae": AutoencoderTrainConfig, "train-ldm": LDMTrainConfig}
 

@@ -2,15 +2,17 @@
 
 Also `python -m ldm_vae.train.encode ...` under torchrun / accelerate launch. Every process encodes a
 contiguous range of whole shards (no padding, no duplicates, no gathering through rank 0) and writes them
-itself, atomically; rank 0 writes `manifest.json` when all are done. A rerun with the same arguments keeps the
-shards whose checksum verifies and encodes the rest. `--verify DIR` re-checks a finished store.
+itself, atomically; from `wds:` shards, whole input shards, so processes read disjoint files (`plan_shards`).
+Rank 0 writes `manifest.json` when all are done, with the source's fingerprint and the samples skipped. A
+rerun with the same arguments (and unchanged data) keeps the shards whose checksum verifies and encodes the
+rest. `--verify DIR` re-checks a finished store.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -22,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from ldm_vae.config import add_image_data_options, bounded_option
-from ldm_vae.data import build_dataset
+from ldm_vae.data import IndexedImageDataset, build_dataset, read_skips, source_columns
 from ldm_vae.errors import ConfigError
 from ldm_vae.latents.writer import (
     DTYPES,
@@ -86,15 +88,34 @@ def encode(args: argparse.Namespace) -> Path:
         if not getattr(args, name):
             raise ConfigError(f"--{name} is required (or use --verify DIR)")
     state = PartialState(cpu=not torch.cuda.is_available())
+def plan_shards(dataset: Dataset, shard_size: int) -> list[list[range]]:
+    """Output shards (ranges of dataset indices) grouped by input shard; processes take whole groups.
+
+    A source stored in shards (`wds:`) keeps them: an output shard never spans two input shards, so each
+    process reads only its own input shards. Other sources are cut every `shard_size` samples, and each
+    output shard is a group of its own.
+    """
+    inputs = dataset.shard_ranges() if hasattr(dataset, "shard_ranges") else [range(len(dataset))]
+    groups = [
+        [range(s, min(s + shard_size, r.stop)) for s in range(r.start, r.stop, shard_size)] for r in inputs
+    ]
+    return groups if len(groups) > 1 else [[rows] for rows in groups[0]]
+
+
     out = Path(args.out)
     model = load_autoencoder(args.model, "--model").to(state.device)
     resolution = args.resolution or int(model.config.sample_size)
-    dataset = build_dataset(args.data, resolution, args.builtin_samples, args.seed)
-    num_shards = math.ceil(len(dataset) / args.shard_size)
+    dataset = build_dataset(args.data, resolution, args.builtin_samples, args.seed, **source_columns(args))
+    groups = plan_shards(dataset, args.shard_size)
+    shards = [rows for group in groups for rows in group]  # output shard i holds dataset[shards[i]]
+    data = {"source": args.data, "resolution_px": resolution, "num_samples": len(dataset)}
+    if isinstance(dataset, IndexedImageDataset):
+        data |= {"fingerprint": dataset.fingerprint, **source_columns(args)}
+        dataset.record_skips_to(out / "skipped.jsonl")  # samples replaced because they did not decode
     plan = {
         "format": FORMAT,
         "autoencoder": autoencoder_identity(model, args.model),
-        "data": {"source": args.data, "resolution_px": resolution, "num_samples": len(dataset)},
+        "data": data,
         "shard_size": args.shard_size,
         "storage_dtype": str(DTYPES[args.dtype]).removeprefix("torch."),  # float16, bfloat16, float32
         "flip": args.flip,
@@ -106,14 +127,16 @@ def encode(args: argparse.Namespace) -> Path:
     state.wait_for_everyone()
     start = time.perf_counter()
 
-    mine = shard_range(num_shards, state.process_index, state.num_processes)
+    first_of_group = [0, *itertools.accumulate(len(group) for group in groups)]
+    mine = shard_range(len(groups), state.process_index, state.num_processes)  # whole input shards
+    mine = range(first_of_group[mine.start], first_of_group[mine.stop])
     todo = [index for index in mine if completed_shard(out, index) is None]
-    samples = sum(min(args.shard_size, len(dataset) - i * args.shard_size) for i in todo)
+    samples = sum(len(shards[index]) for index in todo)
     bar = tqdm(
         total=samples, unit="img", disable=not state.is_main_process, desc=f"rank 0 of {state.num_processes}"
     )
     for index in todo:
-        rows = range(index * args.shard_size, min((index + 1) * args.shard_size, len(dataset)))
+        rows = shards[index]
         loader = DataLoader(Subset(dataset, rows), batch_size=args.batch_size, num_workers=args.num_workers)
         parts: dict[str, list[torch.Tensor]] = {}
         for images, labels in loader:
@@ -137,7 +160,8 @@ def encode(args: argparse.Namespace) -> Path:
     state.wait_for_everyone()
     if state.is_main_process:
         seconds = time.perf_counter() - start  # all ranks' shards: the span between the two barriers
-        write_manifest(out, plan, num_shards, dataset, {"seconds": seconds, "shards_encoded_now": len(todo)})
+        timing = {"seconds": seconds, "shards_encoded_now": len(todo)}
+        write_manifest(out, plan, len(shards), dataset, timing)
     state.wait_for_everyone()
     return out
 
@@ -162,7 +186,10 @@ def write_manifest(out: Path, plan: dict, num_shards: int, dataset: Dataset, tim
         "captioned_samples": sum(s.get("captioned", 0) for s in sidecars),  # of them, non-empty ones
         "shards": [{"file": s["file"], "count": s["count"], "sha256": s["sha256"]} for s in sidecars],
         "scaling": combine_statistics(sidecars),
-        "skipped": [list(item) for item in getattr(dataset, "skipped", [])],
+        # left out when indexing, then replaced when read because they did not decode (named once each)
+        "skipped": [
+            list(item) for item in [*getattr(dataset, "skipped", []), *read_skips(out / "skipped.jsonl")]
+        ],
         "timing": timing,  # of the last invocation; shards_encoded_now is rank 0's
     }
     write_json_atomic(out / "manifest.json", manifest)

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from ldm_vae.config import add_image_data_options, bounded_option
-from ldm_vae.data import build_dataset
+from ldm_vae.data import build_dataset, source_columns
 from ldm_vae.errors import ConfigError
 from ldm_vae.latents.writer import write_json_atomic
 from ldm_vae.losses.perceptual import (
@@ -249,7 +249,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, object]:
             f"--resolution={resolution} must be divisible by the model's downsampling factor {factor}; "
             f"try {resolution - resolution % factor}"
         )
-    dataset = build_dataset(args.data, resolution, args.builtin_samples, args.seed)
+    dataset = build_dataset(args.data, resolution, args.builtin_samples, args.seed, **source_columns(args))
     count = min(args.samples or len(dataset), len(dataset))
     if count < 2:
         raise ConfigError(f"--data={args.data!r}: holds {len(dataset)} image(s); eval-ae needs at least 2")

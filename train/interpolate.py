@@ -19,7 +19,7 @@ from diffusers import ModelMixin
 from torchvision.utils import save_image
 
 from ldm_vae.config import add_image_data_options, bounded_option
-from ldm_vae.data import build_dataset
+from ldm_vae.data import build_dataset, source_columns
 from ldm_vae.errors import ConfigError
 from ldm_vae.latents.writer import encode_batch
 from ldm_vae.losses import LPIPS
@@ -129,7 +129,7 @@ def interpolate(args: argparse.Namespace) -> Path:
     vae = load_autoencoder(args.model, "--model").to(device)
     resolution = resolution_of(args, vae)
     distance_name, distance = build_distance(args, device)
-    dataset = build_dataset(args.data, resolution, args.builtin_samples, args.seed)
+    dataset = build_dataset(args.data, resolution, args.builtin_samples, args.seed, **source_columns(args))
     pairs = choose_pairs(len(dataset), args.pairs, args.seed)
     images = [(dataset[a][0], dataset[b][0]) for a, b in pairs]  # (3, H, W) in [-1, 1] each
     samples = None

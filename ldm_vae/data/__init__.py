@@ -34,6 +34,7 @@ __all__ = [
     "image_transform",
     "load_rgb",
     "read_skips",
+    "source_columns",
     "stack_items",
     "to_rgb",
     "train_held_out_split",
@@ -83,4 +84,11 @@ def build_dataset(
 def stack_items(dataset: Dataset, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (n, 3, R, R) in [-1, 1] and labels (n,) of `dataset[i]` for i in `indices`, in memory."""
     items = [dataset[i] for i in indices]
+def source_columns(settings: object) -> dict[str, str | None]:
+    """`image_column`, `label_column`, `caption_column` of a DataConfig or of parsed command options."""
+    return {
+        name: getattr(settings, name, None) for name in ("image_column", "label_column", "caption_column")
+    }
+
+
     return torch.stack([image for image, _ in items]), torch.tensor([label for _, label in items])

@@ -157,6 +157,7 @@ class IndexedImageDataset(Dataset):
         if self._skip_log is not None:
             line = json.dumps({"name": name, "reason": reason}) + "\n"
             # One write of a short line to an O_APPEND file: lines from concurrent workers do not interleave.
+            self._skip_log.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self._skip_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
                 os.write(fd, line.encode())

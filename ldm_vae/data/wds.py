@@ -72,14 +72,22 @@ def shard_paths(pattern: str) -> list[Path]:
     return shards
 
 
-def _label_token(ext: str, data: bytes) -> tuple[int | str | None, str | None]:
-    """(label, class name) of a label member: an integer or a name; `json` may also carry "class_name"."""
-    text = data.decode(errors="replace").strip()
-    if ext != "json" and not ext.endswith(".json"):
-        return (int(text) if re.fullmatch(r"-?\d+", text) else text or None), None
-    row = json.loads(text)
-    label = row.get("label", row.get("cls")) if isinstance(row, dict) else None
-    name = row.get("class_name", row.get("class")) if isinstance(row, dict) else None
+def _read_label(
+    tar: tarfile.TarFile, by_ext: dict, label_ext: str | None
+) -> tuple[int | str | None, str | None]:
+    """(label, class name) of a sample: the label an integer or a name, from `cls` (plain text) or from a
+    `json` member's "label"/"cls"; the class name from a `json` member's "class_name"/"class" if any."""
+    label, row = None, {}
+    if label_ext is not None and not label_ext.endswith("json"):
+        text = tar.extractfile(by_ext[label_ext]).read().decode(errors="replace").strip()
+        label = int(text) if re.fullmatch(r"-?\d+", text) else text or None
+    json_ext = label_ext if label_ext is not None and label_ext.endswith("json") else "json"
+    if json_ext in by_ext and label_ext is not None:  # small metadata next to a class; never read otherwise
+        row = json.loads(tar.extractfile(by_ext[json_ext]).read())
+        row = row if isinstance(row, dict) else {}
+    if label is None:
+        label = row.get("label", row.get("cls"))
+    name = row.get("class_name", row.get("class"))
     return label, (name if isinstance(name, str) else None)
 
 
@@ -115,9 +123,7 @@ def _index_shard(columns: tuple[str | None, str | None, str | None], path: str) 
                     problems.append([f"{name}:{key}", f"no {wanted} member"])
                     continue
                 try:
-                    label, class_name = (None, None)
-                    if label_ext is not None:
-                        label, class_name = _label_token(label_ext, tar.extractfile(by_ext[label_ext]).read())
+                    label, class_name = _read_label(tar, by_ext, label_ext)
                     caption = ""
                     if caption_ext is not None:
                         caption = tar.extractfile(by_ext[caption_ext]).read().decode(errors="replace").strip()

@@ -15,6 +15,7 @@ from diffusers import AutoencoderKL, ModelMixin
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ldm_vae.config import AutoencoderTrainConfig
+from ldm_vae.data import read_skips
 from ldm_vae.metrics import active_channels, bicubic_baseline, kl_per_channel, psnr, ssim
 from ldm_vae.models import downsampling_factor_of, encode_to_codes
 from ldm_vae.models.export import exportable, measure_latent_statistics, save_export, verify_export
@@ -123,7 +124,10 @@ def export_and_report(
         "held_out": held_out,
         "latent_statistics": {**statistics, "images": len(scaling_indices)},
         "export": {"dir": str(export_dir), **export_check},
-        "skipped_files": [list(item) for item in getattr(dataset, "skipped", [])],
+        # left out when indexing, then replaced when read because they did not decode (named once each)
+        "skipped_files": [
+            list(item) for item in getattr(dataset, "skipped", []) + read_skips(run_dir / "skipped.jsonl")
+        ],
     }
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
