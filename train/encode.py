@@ -54,10 +54,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flip", action="store_true", help="also store the latents of the flipped image")
     parser.add_argument("--bf16", action="store_true", help="encode under bf16 autocast (storage is --dtype)")
     parser.add_argument(
+        "--fp16", action="store_true", help="encode under fp16 autocast; batches that overflow redo in fp32"
+    )
+    parser.add_argument(
         "--num-workers", type=bounded_option(int, ge=0), default=2, help="DataLoader workers decoding images"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of a builtin dataset")
     parser.add_argument("--verify", metavar="DIR", help="re-check a finished store's counts and checksums")
+
+
+def encode_finite(
+    model: torch.nn.Module, images: torch.Tensor, dtype: torch.dtype | None
+) -> tuple[dict[str, torch.Tensor], bool]:
+    """`encode_batch` under `dtype` autocast (None: fp32), and whether the batch had to be redone in fp32.
+
+    Some VAEs (SDXL's) overflow fp16 in their activations: such a batch comes out inf/NaN and is
+    encoded again in fp32, so fp16 stays fast where it works and the store never holds a NaN.
+    """
+    with torch.autocast(images.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        latents = encode_batch(model, images)
+    if dtype is None or all(v.isfinite().all() for v in latents.values() if v.is_floating_point()):
+        return latents, False
+    latents = encode_batch(model, images)
+    if not all(v.isfinite().all() for v in latents.values() if v.is_floating_point()):
+        raise ConfigError("--model: its latents are not finite even in fp32; the autoencoder is broken")
+    return latents, True
 
 
 def shard_range(num_shards: int, rank: int, world: int) -> range:
@@ -65,6 +86,20 @@ def shard_range(num_shards: int, rank: int, world: int) -> range:
     per_rank, extra = divmod(num_shards, world)
     start = rank * per_rank + min(rank, extra)
     return range(start, start + per_rank + (rank < extra))
+
+
+def plan_shards(dataset: Dataset, shard_size: int) -> list[list[range]]:
+    """Output shards (ranges of dataset indices) grouped by input shard; processes take whole groups.
+
+    A source stored in shards (`wds:`) keeps them: an output shard never spans two input shards, so each
+    process reads only its own input shards. Other sources are cut every `shard_size` samples, and each
+    output shard is a group of its own.
+    """
+    inputs = dataset.shard_ranges() if hasattr(dataset, "shard_ranges") else [range(len(dataset))]
+    groups = [
+        [range(s, min(s + shard_size, r.stop)) for s in range(r.start, r.stop, shard_size)] for r in inputs
+    ]
+    return groups if len(groups) > 1 else [[rows] for rows in groups[0]]
 
 
 def check_output_folder(out: Path, plan: dict) -> None:
@@ -87,21 +122,11 @@ def encode(args: argparse.Namespace) -> Path:
     for name in ("model", "out"):
         if not getattr(args, name):
             raise ConfigError(f"--{name} is required (or use --verify DIR)")
+    if args.bf16 and args.fp16:
+        raise ConfigError("--bf16 and --fp16: choose one autocast precision")
+    precision = torch.bfloat16 if args.bf16 else (torch.float16 if args.fp16 else None)
+    upcast_batches = 0  # fp16 batches redone in fp32 because they overflowed
     state = PartialState(cpu=not torch.cuda.is_available())
-def plan_shards(dataset: Dataset, shard_size: int) -> list[list[range]]:
-    """Output shards (ranges of dataset indices) grouped by input shard; processes take whole groups.
-
-    A source stored in shards (`wds:`) keeps them: an output shard never spans two input shards, so each
-    process reads only its own input shards. Other sources are cut every `shard_size` samples, and each
-    output shard is a group of its own.
-    """
-    inputs = dataset.shard_ranges() if hasattr(dataset, "shard_ranges") else [range(len(dataset))]
-    groups = [
-        [range(s, min(s + shard_size, r.stop)) for s in range(r.start, r.stop, shard_size)] for r in inputs
-    ]
-    return groups if len(groups) > 1 else [[rows] for rows in groups[0]]
-
-
     out = Path(args.out)
     model = load_autoencoder(args.model, "--model").to(state.device)
     resolution = args.resolution or int(model.config.sample_size)
@@ -142,11 +167,11 @@ def plan_shards(dataset: Dataset, shard_size: int) -> list[list[range]]:
         for images, labels in loader:
             images = images.to(state.device)
             batch = {"labels": labels.long()}
-            with torch.autocast(state.device.type, dtype=torch.bfloat16, enabled=args.bf16):
-                batch.update({k: v.float().cpu() for k, v in encode_batch(model, images).items()})
-                if args.flip:
-                    flipped = encode_batch(model, torch.flip(images, dims=[3]))
-                    batch.update({f"{k}_flip": v.float().cpu() for k, v in flipped.items()})
+            views = {"": images} | ({"_flip": torch.flip(images, dims=[3])} if args.flip else {})
+            for suffix, pixels in views.items():
+                latents, upcast = encode_finite(model, pixels, precision)
+                batch.update({f"{k}{suffix}": v.float().cpu() for k, v in latents.items()})
+                upcast_batches += upcast
             for key, value in batch.items():
                 parts.setdefault(key, []).append(value)
             bar.update(len(images))  # tqdm shows img/s
@@ -157,6 +182,8 @@ def plan_shards(dataset: Dataset, shard_size: int) -> list[list[range]]:
             tensors["captions"] = caption_rows([dataset.caption(i) for i in rows])
         save_shard(out, index, tensors, DTYPES[args.dtype])
     bar.close()
+    if upcast_batches:
+        print(f"rank {state.process_index}: {upcast_batches} batches overflowed fp16, redone in fp32")
     state.wait_for_everyone()
     if state.is_main_process:
         seconds = time.perf_counter() - start  # all ranks' shards: the span between the two barriers
