@@ -649,3 +649,17 @@ def test_train_ae_killed_and_resumed_ends_bit_identical(tmp_path, kind):
         a = load_file(list_checkpoints(uninterrupted)[-1] / f"{name}.safetensors")
         b = load_file(list_checkpoints(interrupted)[-1] / f"{name}.safetensors")
         assert all(torch.equal(a[key], b[key]) for key in a), f"{name}: resumed weights differ"
+
+
+def test_held_out_split_of_an_indexed_source_is_cached_with_its_index(tmp_path, monkeypatch):
+    from ldm_vae.data import split
+
+    write_folder(tmp_path / "images", n_per_class=6)
+    dataset = ImageFolderDataset(tmp_path / "images", RES_PX)
+    computed = split.train_held_out_split(dataset, 3, seed=5)
+    monkeypatch.setattr(split, "_rank", lambda *_: pytest.fail("the cached split should be read, not hashed"))
+    assert split.train_held_out_split(ImageFolderDataset(tmp_path / "images", RES_PX), 3, seed=5) == computed
+    monkeypatch.undo()
+    (tmp_path / "images" / "cat" / "new.png").write_bytes(image_bytes(99))  # a new index: hashed again
+    grown = ImageFolderDataset(tmp_path / "images", RES_PX)
+    assert len(split.train_held_out_split(grown, 3, seed=5)[0]) == 10

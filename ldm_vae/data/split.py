@@ -3,11 +3,17 @@
 Each sample's rank is sha256(f"{seed}:{key}") and the held-out set is the `held_out_samples` smallest ranks.
 Adding a file can only push one old sample out of the held-out set (if the new file ranks among the
 smallest), never reshuffle it, so validation numbers stay comparable while a dataset grows.
+
+Hashing every key costs seconds at a million samples, so for a source with a cached index (a folder,
+`wds:` shards) the held-out indices are saved next to the index and read back at the next start.
 """
 
 import hashlib
 import heapq
+import os
 from typing import Protocol
+
+import numpy as np
 
 from ldm_vae.errors import ConfigError
 
@@ -35,10 +41,19 @@ def train_held_out_split(
             f"data.held_out_samples={held_out_samples} must be in [0, {num_samples - 1}] for a dataset of "
             f"{num_samples} samples, so at least one sample is left to train on; lower it"
         )
-    smallest = heapq.nsmallest(
-        held_out_samples, range(num_samples), key=lambda i: _rank(seed, dataset.sample_key(i))
-    )
-    held_out = sorted(smallest)
+    index = getattr(dataset, "index", None)  # a cache.SourceIndex: replaced, with this file, on any change
+    cached = index.folder / f"held_out-{seed}-{held_out_samples}.npy" if index is not None else None
+    if cached is not None and cached.is_file():
+        held_out = np.load(cached).tolist()
+    else:
+        ranked = heapq.nsmallest(
+            held_out_samples, range(num_samples), key=lambda i: _rank(seed, dataset.sample_key(i))
+        )
+        held_out = sorted(ranked)
+        if cached is not None:
+            temp = cached.with_name(f".tmp-{os.getpid()}-{cached.name}")
+            np.save(temp, np.array(held_out, dtype=np.int64))
+            os.replace(temp, cached)  # processes racing here write the same indices
     held_out_set = set(held_out)
     train = [i for i in range(num_samples) if i not in held_out_set]
     return train, held_out
