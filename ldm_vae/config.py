@@ -284,7 +284,8 @@ class LatentDataConfig:
 
 @dataclass
 class UNetConfig:
-    """A diffusers UNet2DModel; in/out channels and sample size come from the latent store."""
+    """A diffusers UNet2DModel (UNet2DConditionModel for text); in/out channels and sample size come from the
+    latent store."""
 
     block_out_channels: list[int] = ranged(factory=lambda: [224, 448, 672, 896], gt=0)  # one per level
     attention_levels: list[bool] = field(default_factory=lambda: [False, True, True, True])  # self-attention
@@ -292,7 +293,9 @@ class UNetConfig:
     attention_head_dim: int = ranged(32, ge=1)  # channels per attention head
     norm_num_groups: int = ranged(32, ge=1)  # GroupNorm groups; must divide every block width
     dropout: float = ranged(0.0, ge=0, lt=1)  # ResNet dropout
-    class_conditional: bool = True  # one class embedding per store class, plus the null class for CFG
+    # class: one embedding per store class plus a null class for CFG; text: cross-attention to a CLIP text
+    # encoder over the store's captions (the `text` section), exported as a StableDiffusionPipeline; none
+    conditioning: Literal["class", "text", "none"] = "class"
     # expected store channels; None = whatever the store holds
     latent_channels: int | None = ranged(None, ge=1)
     # expected store latent height = width; None = whatever the store holds
@@ -314,8 +317,21 @@ class DiffusionConfig:
     zero_terminal_snr: bool = False  # DDPM path: rescale betas so t = T-1 is pure noise (Lin et al. 2024)
     # Min-SNR-gamma loss weight (Hang et al. 2023; 5 is theirs); 0 = plain MSE
     min_snr_gamma: float = ranged(0.0, ge=0)
-    # chance of training on the null class (classifier-free guidance)
+    # chance of training on the null class or, for text, the empty prompt (classifier-free guidance)
     label_dropout: float = ranged(0.1, ge=0, lt=1)
+
+
+@dataclass
+class TextConfig:
+    """model.conditioning=text: the CLIP tokenizer and text encoder the UNet cross-attends to, as in SD."""
+
+    tokenizer: str | None = None  # a local tokenizer folder; None = a byte-level BPE on the store's captions
+    vocab_size: int = ranged(512, ge=259)  # BPE trained here: tokens incl. 256 bytes and 2 special ones
+    max_length: int = ranged(32, ge=3)  # tokens per prompt incl. start and end (CLIP: 77); more are cut
+    encoder: str | None = None  # a local CLIPTextModel folder, kept frozen; None = a new one trained jointly
+    hidden_size: int = ranged(128, ge=1)  # width of a new encoder = the UNet's cross_attention_dim
+    num_layers: int = ranged(2, ge=1)  # transformer layers of a new encoder
+    num_heads: int = ranged(4, ge=1)  # attention heads of a new encoder; must divide hidden_size
 
 
 @dataclass
@@ -326,6 +342,7 @@ class SampleConfig:
     num_inference_steps: int = ranged(50, ge=1)
     guidance_scale: float = 1.0  # classifier-free guidance; 1 = none
     per_class: int = ranged(8, ge=1)  # images per class in a grid (unconditional: images = 8 x per_class)
+    prompts: list[str] = field(default_factory=list)  # text: a grid row each; [] = the first 8 captions
 
 
 @dataclass
@@ -335,6 +352,7 @@ class LDMTrainConfig:
     data: LatentDataConfig = field(default_factory=LatentDataConfig)
     model: UNetConfig = field(default_factory=UNetConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    text: TextConfig = field(default_factory=TextConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
@@ -622,6 +640,30 @@ def validate_autoencoder_config(cfg: AutoencoderTrainConfig) -> None:
     check_optim(cfg.optim)
 
 
+def check_text(cfg: LDMTrainConfig) -> None:
+    """What the StableDiffusionPipeline export and a UNet2DConditionModel need."""
+    model, text = cfg.model, cfg.text
+    _require(
+        cfg.diffusion.prediction_type != "flow",
+        "diffusion.prediction_type=flow with model.conditioning=text: StableDiffusionPipeline samples the "
+        "DDPM path only; use epsilon or v_prediction",
+    )
+    _require(
+        cfg.data.normalization == "scale",
+        f"data.normalization={cfg.data.normalization} with model.conditioning=text: StableDiffusionPipeline "
+        "decodes latents / scaling_factor only; use scale",
+    )
+    _require(
+        model.block_out_channels[-1] % model.attention_head_dim == 0,
+        f"model.block_out_channels[-1]={model.block_out_channels[-1]}: the middle block cross-attends, so it "
+        f"must be a multiple of model.attention_head_dim={model.attention_head_dim}",
+    )
+    _require(
+        text.encoder is not None or text.hidden_size % text.num_heads == 0,
+        f"text.hidden_size={text.hidden_size}: must be divisible by text.num_heads={text.num_heads}",
+    )
+
+
 def validate_ldm_config(cfg: LDMTrainConfig) -> None:
     """What can be checked without the store; train/ldm.py checks the config against the store."""
     check_ranges(cfg)
@@ -644,12 +686,14 @@ def validate_ldm_config(cfg: LDMTrainConfig) -> None:
     )
     _require(
         not diffusion.zero_terminal_snr or diffusion.prediction_type == "v_prediction",
-        f"diffusion.zero_terminal_snr=true with prediction_type={diffusion.prediction_type}: the last step is "
-        "pure noise, where eps is the input and flow has no betas; use prediction_type=v_prediction",
+        f"diffusion.zero_terminal_snr=true with prediction_type={diffusion.prediction_type}: the last step "
+        "is pure noise, where eps is the input and flow has no betas; use prediction_type=v_prediction",
     )
     _require(
-        not (sample.guidance_scale != 1 and (not model.class_conditional or diffusion.label_dropout == 0)),
+        not (sample.guidance_scale != 1 and (model.conditioning == "none" or diffusion.label_dropout == 0)),
         f"sample.guidance_scale={sample.guidance_scale}: classifier-free guidance needs "
-        "model.class_conditional=true and diffusion.label_dropout > 0; use 1.0",
+        "model.conditioning class or text and diffusion.label_dropout > 0; use 1.0",
     )
+    if model.conditioning == "text":
+        check_text(cfg)
     check_optim(cfg.optim)

@@ -132,22 +132,21 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         if class_labels is None:
             gen_device = generator.device if generator is not None else "cpu"
             return torch.randint(0, num_classes, (batch_size,), generator=generator, device=gen_device)
-        if not isinstance(class_labels, torch.Tensor):
-            class_labels = [self.class_id(label) for label in class_labels]
-        labels = torch.as_tensor(class_labels, dtype=torch.long).flatten()
-        for label in labels.tolist():
-            if not 0 <= label < num_classes:
-                raise ValueError(f"class label {label} is out of range; use labels in [0, {num_classes})")
-        return labels
+        if isinstance(class_labels, torch.Tensor):
+            class_labels = class_labels.flatten().tolist()
+        return torch.tensor([self.class_id(label) for label in class_labels], dtype=torch.long)
 
     def class_id(self, label: int | str) -> int:
-        """A class id from an id or a class name."""
-        if not isinstance(label, str):
-            return label
-        names = self.config.class_names or []
-        if label not in names:
-            raise ValueError(f"class label {label!r} is not a class name of this pipeline: {names}")
-        return names.index(label)
+        """A class id from an id or a class name; ValueError for an unknown name or an id out of range."""
+        if isinstance(label, str):
+            names = self.config.class_names or []
+            if label not in names:
+                raise ValueError(f"class label {label!r} is not a class name of this pipeline: {names}")
+            return names.index(label)
+        num_classes = (self.unet.config.num_class_embeds or 1) - 1  # the last id is the null class
+        if not 0 <= label < num_classes:
+            raise ValueError(f"class label {label} is out of range; use labels in [0, {num_classes})")
+        return int(label)
 
     @torch.no_grad()
     def denoise(

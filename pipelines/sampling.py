@@ -9,13 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from ldm_vae.pipelines.latent_diffusion import LatentDiffusionPipeline
 from torch import Tensor
 
 from ldm_vae.config import SampleConfig
 from ldm_vae.errors import ConfigError
 from ldm_vae.metrics.classifier import SampleClassifier, judge
 from ldm_vae.models.unet import sampling_scheduler
+from ldm_vae.pipelines.latent_diffusion import LatentDiffusionPipeline
 
 UNCONDITIONAL_ROWS = 8
 

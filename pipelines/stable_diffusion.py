@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from diffusers import AutoencoderKL, SchedulerMixin, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextModel, PreTrainedTokenizerBase
 
@@ -74,3 +75,30 @@ def save_stable_diffusion(pipe: StableDiffusionPipeline, folder: str | Path) -> 
     pipe.save_pretrained(folder)
     write_bpe_files(pipe.tokenizer, folder / "tokenizer")
     return folder
+
+
+@torch.no_grad()
+def sample_by_prompt(
+    pipe: StableDiffusionPipeline,
+    prompts: list[str],
+    per_prompt: int,
+    num_inference_steps: int,
+    guidance_scale: float,
+    seed: int,
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """(len(prompts), per_prompt, 3, H, W) in [0, 1]: a row per prompt. Batch i draws from its own generator
+    seeded `seed + first index`, so a grid is reproducible (as `sample_by_class` does for classes)."""
+    repeated = [prompt for prompt in prompts for _ in range(per_prompt)]
+    images = []
+    for start in range(0, len(repeated), batch_size):
+        generator = torch.Generator(pipe.device).manual_seed(seed + start)
+        output = pipe(
+            repeated[start : start + batch_size],
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            generator=generator,
+            output_type="pt",
+        )
+        images.append(output.images.cpu())
+    return torch.cat(images).unflatten(0, (len(prompts), per_prompt))

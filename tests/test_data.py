@@ -160,7 +160,11 @@ def test_broken_files_are_left_out_when_indexed_or_replaced_when_read(tmp_path):
     for name, reason in at_index.items():
         assert f"{name} ({reason})" in report
     # ... truncated pixels are found when read: replaced by the next readable sample, and logged.
-    assert [dataset.sample_key(i) for i in range(len(dataset))] == ["good.png", "truncated.jpg", "truncated.png"]
+    assert [dataset.sample_key(i) for i in range(len(dataset))] == [
+        "good.png",
+        "truncated.jpg",
+        "truncated.png",
+    ]
     log = tmp_path / "skipped.jsonl"
     dataset.record_skips_to(log)
     good = dataset[0][0]
@@ -370,7 +374,11 @@ def test_build_dataset_sources(tmp_path):
     [
         ("builtin:mnist", 16, r"data\.source='builtin:mnist'.*builtin:shapes"),
         ("hf:/no/such/dataset:train", 16, r"data\.source='hf:/no/such/dataset:train'.*does not exist"),
-        ("wds:/data/{000..009}.tar", 16, r"data\.source='wds:/data/\{000\.\.009\}\.tar': shard /data/000\.tar"),
+        (
+            "wds:/data/{000..009}.tar",
+            16,
+            r"data\.source='wds:/data/\{000\.\.009\}\.tar': shard /data/000\.tar",
+        ),
         ("builtin:shapes", 4, r"data\.resolution_px=4"),
         ("/definitely/not/a/folder", 16, r"data\.source='/definitely/not/a/folder'"),
     ],

@@ -10,12 +10,12 @@ import pytest
 import torch
 from conftest import tiny_vae
 from diffusers import AutoencoderKL
-from ldm_vae.train.cli import main
 from PIL import Image
 
 from ldm_vae.errors import ConfigError
 from ldm_vae.losses import LPIPS
 from ldm_vae.metrics.latent import active_channels, collapse_warning, latent_moments
+from ldm_vae.train.cli import main
 from ldm_vae.viz.interpolate import interpolate_pair, lerp, path_smoothness, pixel_rms, slerp
 from ldm_vae.viz.prior import prior_samples
 

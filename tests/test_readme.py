@@ -6,6 +6,7 @@ import shlex
 from pathlib import Path
 
 import pytest
+
 from ldm_vae.train.cli import main
 
 README = Path(__file__).resolve().parent.parent / "README.md"

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 
-import ldm_vae.train.sample
 import pytest
 from conftest import RandomFeatures, tiny_unet, tiny_vae
 from diffusers import DDPMScheduler
+from PIL import Image
+
+import ldm_vae.train.sample
 from ldm_vae.pipelines import LatentDiffusionPipeline
 from ldm_vae.train.cli import main
-from PIL import Image
 
 CLASSES = ["circle", "square", "triangle"]
 

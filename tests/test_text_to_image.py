@@ -19,10 +19,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_unet, tiny_vae
-from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
-from transformers import CLIPTokenizer
+from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler, StableDiffusionPipeline
+from safetensors.torch import load_file
+from transformers import CLIPTextModel, CLIPTokenizer
 
-from ldm_vae.config import UNetConfig
+from ldm_vae.config import LDMTrainConfig, UNetConfig, load_config
 from ldm_vae.data import build_dataset
 from ldm_vae.data.shapes import (
     CAPTION_TEMPLATES,
@@ -47,6 +48,8 @@ from ldm_vae.models.text import (
 from ldm_vae.pipelines.latent_diffusion import LatentDiffusionPipeline
 from ldm_vae.pipelines.stable_diffusion import save_stable_diffusion, stable_diffusion_pipeline
 from ldm_vae.train.cli import main
+from ldm_vae.train.ldm import build_denoiser, conditioning_inputs, train
+from ldm_vae.training.checkpoints import list_checkpoints
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_TEXT_UNET = UNetConfig(
@@ -249,14 +252,10 @@ def test_tokenizer_learns_caption_words_pads_like_sd_and_never_meets_an_unknown_
 
 
 def test_tokenizer_and_encoder_errors(tokenizer, tmp_path):
-    with pytest.raises(ConfigError, match="text.vocab_size=100"):
-        train_tokenizer(["a red circle"], vocab_size=100, max_length=16)
     with pytest.raises(ConfigError, match="text.tokenizer=.*no such folder"):
         load_tokenizer(tmp_path / "missing")
     with pytest.raises(ConfigError, match="text.encoder=.*config.json"):
         load_text_encoder(tmp_path, tokenizer)
-    with pytest.raises(ConfigError, match="text.hidden_size=30"):
-        build_text_encoder(tokenizer, hidden_size=30, num_layers=1, num_heads=4)
     build_text_encoder(train_tokenizer(["a b"], 259, 16), 16, 1, 2).save_pretrained(tmp_path / "small_vocab")
     with pytest.raises(ConfigError, match="vocabulary has 260 tokens, the tokenizer"):
         load_text_encoder(tmp_path / "small_vocab", tokenizer)
@@ -286,10 +285,126 @@ def test_frozen_encoder_gets_no_gradient_and_a_joint_one_does(tokenizer, tmp_pat
         assert unet.conv_in.weight.grad is not None
 
 
-def test_build_text_unet_checks_head_width():
-    bad = UNetConfig(block_out_channels=[12, 24], attention_levels=[False, True], attention_head_dim=8)
-    with pytest.raises(ConfigError, match="attention_head_dim=8"):
-        build_text_unet(bad, (4, 8, 8), 32)
+# ---------------------------------------------------------------------------------------------------------
+# train-ldm with model.conditioning=text
+
+TEXT_OVERRIDES = [
+    "model.block_out_channels=[16,32]",
+    "model.attention_head_dim=8",
+    "text.hidden_size=16",
+    "text.num_layers=1",
+    "data.num_workers=0",
+    "train.batch_size=4",
+    "train.max_steps=6",
+    "train.log_every_steps=1",
+    "train.image_every_steps=3",
+    "train.checkpoint_every_steps=3",
+    "optim.warmup_steps=2",
+    "sample.per_class=1",
+    "sample.num_inference_steps=2",
+    "sample.prompts=[a red triangle in the centre, a cyan ring]",
+]
+
+
+def text_config(store: Path, run_dir: Path, *overrides: str) -> LDMTrainConfig:
+    return load_config(
+        LDMTrainConfig,
+        "ldm-text-tiny",
+        [*TEXT_OVERRIDES, f"data.latents={store}", f"run_dir={run_dir}", *overrides],
+    )
+
+
+def test_train_text_exports_a_stable_diffusion_pipeline_with_a_trained_text_encoder(text_store, tmp_path):
+    cfg = text_config(text_store, tmp_path / "run")
+    run_dir = train(cfg)
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["conditioning"] == "text" and report["reload_max_abs_diff"] == 0.0
+    assert report["prompts"] == ["a red triangle in the centre", "a cyan ring"]
+    assert report["text_encoder"]["trained"] and report["text_encoder"]["max_length"] == 16
+    assert (run_dir / "samples.png").is_file()
+
+    pipe = StableDiffusionPipeline.from_pretrained(run_dir / "pipeline")
+    assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size == 16
+    torch.manual_seed(cfg.seed)  # the initial text encoder: training moved it
+    data = LatentDataset(text_store, captions=True)
+    initial = build_denoiser(cfg, data, load_tokenizer(run_dir / "tokenizer"))
+    trained = load_file(list_checkpoints(run_dir)[-1] / "unet.safetensors")
+    for key, value in initial.state_dict().items():
+        if key.startswith("text_encoder.") and key.endswith("weight"):
+            assert not torch.equal(trained[key], value), f"{key} did not train"
+
+
+def test_text_resume_ends_with_the_weights_of_an_uninterrupted_run(text_store, tmp_path):
+    uninterrupted = train(text_config(text_store, tmp_path / "a"))
+    resumed = tmp_path / "b"
+    midway = list_checkpoints(uninterrupted)[0]
+    shutil.copytree(midway, resumed / "checkpoints" / midway.name)
+    with pytest.raises(ConfigError, match="tokenizer: missing"):
+        train(text_config(text_store, resumed, "train.resume=latest"))
+    shutil.copytree(uninterrupted / "tokenizer", resumed / "tokenizer")
+    train(text_config(text_store, resumed, "train.resume=latest"))
+    a = load_file(list_checkpoints(uninterrupted)[-1] / "unet.safetensors")
+    b = load_file(list_checkpoints(resumed)[-1] / "unet.safetensors")
+    assert a.keys() == b.keys() and any(key.startswith("text_encoder.") for key in a)
+    assert all(torch.equal(a[key], b[key]) for key in a), "resumed weights differ from the uninterrupted run"
+
+
+def test_a_frozen_pretrained_text_encoder_stays_as_it_was(text_store, tmp_path, tokenizer):
+    torch.manual_seed(1)
+    build_text_encoder(tokenizer, 16, 1, 2).save_pretrained(tmp_path / "encoder")
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    cfg = text_config(
+        text_store,
+        tmp_path / "run",
+        f"text.encoder={tmp_path / 'encoder'}",
+        f"text.tokenizer={tmp_path / 'tokenizer'}",
+    )
+    run_dir = train(cfg)
+    report = json.loads((run_dir / "report.json").read_text())
+    assert not report["text_encoder"]["trained"]
+    assert report["text_encoder"]["tokenizer_vocab"] == len(tokenizer)
+    before = CLIPTextModel.from_pretrained(tmp_path / "encoder").state_dict()
+    after = StableDiffusionPipeline.from_pretrained(run_dir / "pipeline").text_encoder.state_dict()
+    assert all(torch.equal(before[key], after[key]) for key in before)
+
+
+def test_dropped_captions_become_the_empty_prompt(tokenizer):
+    drop = torch.tensor([True, False, True])
+    captions = ["a red ring", "a cyan ring", "x"]
+    inputs = conditioning_inputs("text", torch.zeros(3), drop, 6, tokenizer, captions)
+    torch.testing.assert_close(inputs["input_ids"], tokenize(tokenizer, ["", "a cyan ring", ""]))
+    labels = torch.tensor([0, 4, 2])
+    assert conditioning_inputs("class", labels, drop, 6, None)["class_labels"].tolist() == [6, 4, 6]
+    assert conditioning_inputs("none", labels, drop, 6, None) == {}
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["diffusion.prediction_type=flow"], "prediction_type=flow with model.conditioning=text"),
+        (["data.normalization=shift_scale"], "data.normalization=shift_scale with model.conditioning=text"),
+        (
+            ["model.attention_levels=[false,false]", "model.attention_head_dim=12"],
+            r"block_out_channels\[-1\]=32: the middle block cross-attends",
+        ),
+        (["text.hidden_size=17"], "text.hidden_size=17: must be divisible by text.num_heads=2"),
+        (["text.vocab_size=100"], "text.vocab_size=100"),
+    ],
+)
+def test_text_config_errors_are_one_line(tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        text_config(tmp_path, tmp_path, *overrides)
+
+
+def test_a_store_without_captions_is_refused_for_text(kl_model, tmp_path, capsys):
+    out = tmp_path / "latents"
+    args = ["encode", "--model", str(kl_model), "--builtin-samples", "8", "--num-workers", "0"]
+    assert main([*args, "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    (out / "manifest.json").write_text(json.dumps({**manifest, "captions": False}))
+    overrides = [*TEXT_OVERRIDES, f"data.latents={out}", f"run_dir={tmp_path / 'run'}"]
+    assert main(["train-ldm", "ldm-text-tiny", *overrides]) == 2
+    assert "holds no captions" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -72,7 +72,9 @@ def test_loss_goes_down_on_a_fixed_batch(store, tmp_path):
     torch.manual_seed(0)
     unet = build_unet(cfg.model, data.latent_shape, data.num_classes)
     scheduler = build_noise_scheduler(cfg.diffusion)
-    noise, timesteps, _ = diffusion_draws(range(8), data.latent_shape, DiffusionConfig(label_dropout=0.0), seed=0)
+    noise, timesteps, _ = diffusion_draws(
+        range(8), data.latent_shape, DiffusionConfig(label_dropout=0.0), seed=0
+    )
     optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-3)
     losses = []
     for _ in range(30):

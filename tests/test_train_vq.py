@@ -8,14 +8,14 @@ import shutil
 import torch
 from conftest import tiny_config
 from diffusers import VQModel
-from ldm_vae.train.autoencoder import build_models, train
-from ldm_vae.training.checkpoints import list_checkpoints
-from ldm_vae.models.export import verify_export
-from ldm_vae.training.autoencoder_report import export_ok
 from safetensors.torch import load_file, save_file
 
 from ldm_vae.data import ShapesDataset
 from ldm_vae.models import image_to_indices, indices_to_image
+from ldm_vae.models.export import verify_export
+from ldm_vae.train.autoencoder import build_models, train
+from ldm_vae.training.autoencoder_report import export_ok
+from ldm_vae.training.checkpoints import list_checkpoints
 
 
 def held_out_batch(n: int = 4) -> torch.Tensor:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from diffusers.training_utils import EMAModel
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from ldm_vae.config import AutoencoderTrainConfig, LossConfig, save_config
 from ldm_vae.data import (
@@ -24,7 +24,6 @@ from ldm_vae.data import (
     source_columns,
     train_held_out_split,
 )
-from ldm_vae.data.sampler import StreamSampler
 from ldm_vae.errors import ConfigError
 from ldm_vae.losses import (
     LPIPS,
@@ -48,7 +47,7 @@ from ldm_vae.models import (
     latent_shape,
 )
 from ldm_vae.seeds import position_normals, torch_generator
-from ldm_vae.training.accelerator import build_accelerator, ignore_interrupts_in_worker, memory_format
+from ldm_vae.training.accelerator import build_accelerator, memory_format
 from ldm_vae.training.autoencoder_report import export_and_report, finish_run
 from ldm_vae.training.checkpoints import resume_point
 from ldm_vae.training.run import TrainingRun, start_run
@@ -102,34 +101,6 @@ def build_optimizer(params: list[torch.nn.Parameter], cfg: AutoencoderTrainConfi
         betas=tuple(cfg.optim.adam_betas),
         weight_decay=cfg.optim.weight_decay,
         eps=cfg.optim.adam_eps,
-    )
-
-
-def build_loader(
-    cfg: AutoencoderTrainConfig,
-    accelerator: Accelerator,
-    dataset: Dataset,
-    train_indices: list[int],
-    start: int,
-) -> DataLoader:
-    """Each process reads its slice of the global stream; `start` = samples already seen (resume)."""
-    view = RandomFlipView(dataset, seed=cfg.seed, p=0.5 if cfg.data.random_flip else 0.0)
-    sampler = StreamSampler(
-        train_indices,
-        cfg.train.batch_size,
-        accelerator.process_index,
-        accelerator.num_processes,
-        cfg.seed,
-        start_position=start,
-    )
-    return DataLoader(
-        view,
-        batch_size=cfg.train.batch_size,
-        sampler=sampler,
-        num_workers=cfg.data.num_workers,
-        pin_memory=torch.cuda.is_available(),
-        worker_init_fn=ignore_interrupts_in_worker,
-        persistent_workers=False,
     )
 
 
@@ -202,6 +173,12 @@ def discriminator_loss(
         "train/logits_real": logits_real.detach().float().mean(),
         "train/logits_fake": logits_fake.detach().float().mean(),
     }
+    if lecam is not None:  # updates the averages (all processes' logits), then regularises against them
+        regularizer = lecam(logits_real, logits_fake)
+        loss = loss + lecam_weight * regularizer
+        logs["train/lecam_loss"] = regularizer.detach()
+    logs["train/d_loss"] = loss.detach()
+    return loss, logs
 
 
 @torch.no_grad()
@@ -210,12 +187,6 @@ def ema_reconstruction(vae: torch.nn.Module, ema: EMAModel, images: torch.Tensor
     ema.store(vae.parameters())
     ema.copy_to(vae.parameters())
     try:
-    if lecam is not None:  # updates the averages (all processes' logits), then regularises against them
-        regularizer = lecam(logits_real, logits_fake)
-        loss = loss + lecam_weight * regularizer
-        logs["train/lecam_loss"] = regularizer.detach()
-    logs["train/d_loss"] = loss.detach()
-    return loss, logs
         return vae(images.to(next(vae.parameters()).device)).sample.float().cpu()
     finally:
         ema.restore(vae.parameters())
@@ -313,10 +284,12 @@ def train(cfg: AutoencoderTrainConfig) -> Path:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
 
-    batches = iter(build_loader(cfg, accelerator, dataset, session.train_indices, progress.samples_seen))
+    view = RandomFlipView(dataset, seed=cfg.seed, p=0.5 if cfg.data.random_flip else 0.0)
+    batches = iter(run.stream_loader(view, session.train_indices, cfg.seed, cfg.data.num_workers))
     noise_shape = latent_shape(autoencoder, cfg.data.resolution_px)  # (c, h, w)
     last_layer = autoencoder.decoder.conv_out.weight
     disc_train_start = max(0, cfg.loss.disc_start_steps - cfg.loss.disc_warmup_steps)
+    lecam = accelerator.unwrap_model(disc).lecam if disc is not None else None
     last_active: int | None = None  # active latent channels at the last log, for collapse_warning
     with run.tracking() as tracker:
         tracker.info(
@@ -325,7 +298,6 @@ def train(cfg: AutoencoderTrainConfig) -> Path:
             f"{accelerator.num_processes} process(es), global batch {run.samples_per_step}"
         )
         if getattr(dataset, "skipped", None):
-    lecam = accelerator.unwrap_model(disc).lecam if disc is not None else None
             tracker.info(dataset.skip_report())
         if accelerator.is_main_process:  # only the main process logs reconstruction grids
             fixed = torch.stack(

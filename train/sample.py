@@ -60,9 +60,12 @@ def sample(args: argparse.Namespace) -> Path:
     if args.classes:
         if pipe.unet.config.num_class_embeds is None:
             raise ConfigError(f"--classes={args.classes!r}: this pipeline is unconditional")
-        class_ids = [
-            int(c) if c.strip().isdigit() else pipe.class_id(c.strip()) for c in args.classes.split(",")
-        ]
+        try:  # the pipeline's own check (it loads without ldm-vae, so it raises ValueError)
+            class_ids = [
+                pipe.class_id(int(c) if c.strip().isdigit() else c.strip()) for c in args.classes.split(",")
+            ]
+        except ValueError as error:
+            raise ConfigError(f"--classes={args.classes!r}: {error}") from None
     images = sample_by_class(
         pipe, args.per_class, args.steps, args.guidance, args.seed, class_ids, args.batch_size
     )

@@ -15,7 +15,7 @@ from ldm_vae.data.decode import load_rgb, to_rgb
 from ldm_vae.data.folder import ImageFolderDataset
 from ldm_vae.data.indexed import IndexedImageDataset, read_skips
 from ldm_vae.data.sampler import StreamSampler
-from ldm_vae.data.shapes import SHAPE_KINDS, ShapesDataset
+from ldm_vae.data.shapes import HELD_OUT_COMBINATIONS, SHAPE_KINDS, ShapesDataset
 from ldm_vae.data.split import train_held_out_split
 from ldm_vae.data.transforms import RandomFlipView, image_transform
 from ldm_vae.data.wds import WebDatasetShards
@@ -40,7 +40,8 @@ __all__ = [
     "train_held_out_split",
 ]
 
-BUILTIN_DATASETS = ["shapes"]  # names accepted after `builtin:`
+BUILTIN_DATASETS = ["shapes", "shapes-text"]  # names accepted after `builtin:`; shapes-text: named colours,
+# HELD_OUT_COMBINATIONS never drawn (a text-to-image test of unseen colour-shape pairs)
 MIN_RESOLUTION_PX = 8
 
 
@@ -67,6 +68,8 @@ def build_dataset(
         if name not in BUILTIN_DATASETS:
             available = ", ".join(f"builtin:{known}" for known in BUILTIN_DATASETS)
             raise ConfigError(f"data.source='{source}': unknown builtin dataset; available: {available}")
+        if name == "shapes-text":
+            return ShapesDataset(builtin_samples, resolution_px, seed, "named", HELD_OUT_COMBINATIONS)
         return ShapesDataset(builtin_samples, resolution_px, seed)
     columns = {"image_column": image_column, "label_column": label_column, "caption_column": caption_column}
     if kind == "wds":
@@ -81,9 +84,6 @@ def build_dataset(
     return ImageFolderDataset(Path(source), resolution_px)
 
 
-def stack_items(dataset: Dataset, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images (n, 3, R, R) in [-1, 1] and labels (n,) of `dataset[i]` for i in `indices`, in memory."""
-    items = [dataset[i] for i in indices]
 def source_columns(settings: object) -> dict[str, str | None]:
     """`image_column`, `label_column`, `caption_column` of a DataConfig or of parsed command options."""
     return {
@@ -91,4 +91,7 @@ def source_columns(settings: object) -> dict[str, str | None]:
     }
 
 
+def stack_items(dataset: Dataset, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (n, 3, R, R) in [-1, 1] and labels (n,) of `dataset[i]` for i in `indices`, in memory."""
+    items = [dataset[i] for i in indices]
     return torch.stack([image for image, _ in items]), torch.tensor([label for _, label in items])

@@ -11,12 +11,14 @@ consecutive positions and process r takes the r-th slice of it. Hence:
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator, Sequence
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ldm_vae.seeds import torch_generator
+
 
 class StreamSampler(Sampler[tuple[int, int]]):
     def __init__(
@@ -55,3 +57,32 @@ class StreamSampler(Sampler[tuple[int, int]]):
             for position in range(first, first + self.batch_size):
                 yield self._index_at(position), position
             block_start += self.batch_size * self.num_processes
+
+
+def ignore_interrupts_in_worker(worker_id: int) -> None:
+    """DataLoader workers would die on the terminal's Ctrl-C before the loop can checkpoint."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def stream_loader(
+    dataset: Dataset,
+    indices: Sequence[int],
+    batch_size: int,
+    rank: int,
+    num_processes: int,
+    seed: int,
+    start_position: int,
+    num_workers: int,
+) -> DataLoader:
+    """The DataLoader of a training job: process `rank` reads its slice of the global stream over
+    `indices`, from `start_position` (samples already seen, on resume). `dataset` takes (index, position)
+    keys, so whatever it draws per sample is keyed by the stream position."""
+    sampler = StreamSampler(indices, batch_size, rank, num_processes, seed, start_position=start_position)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available(),
+        worker_init_fn=ignore_interrupts_in_worker,
+    )

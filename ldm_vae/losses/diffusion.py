@@ -92,15 +92,17 @@ def diffusion_loss(
     x0: torch.Tensor,
     noise: torch.Tensor,
     timesteps: torch.Tensor,
-    class_labels: torch.Tensor | None,
+    class_labels: torch.Tensor | None = None,
     min_snr_gamma: float = 0.0,
+    **conditioning: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean loss, per-sample loss (b,)) for clean x0 (b, c, h, w), its noise and timesteps (b,).
 
-    The objective follows the scheduler (see `objective_of`); the MSE is taken in fp32.
+    The objective follows the scheduler (see `objective_of`); the MSE is taken in fp32. `conditioning` goes
+    to the model as keywords (e.g. the token `input_ids` of a `TextConditionedUNet`).
     """
     x_t, target = noisy_and_target(scheduler, x0, noise, timesteps)
-    prediction = unet(x_t, timesteps, class_labels=class_labels).sample
+    prediction = unet(x_t, timesteps, class_labels=class_labels, **conditioning).sample
     per_sample = (prediction.float() - target.float()).pow(2).mean(dim=(1, 2, 3))  # (b,)
     if min_snr_gamma > 0:
         snr = signal_to_noise(scheduler, timesteps)

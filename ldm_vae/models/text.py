@@ -16,13 +16,13 @@ from pathlib import Path
 
 import torch
 from diffusers import UNet2DConditionModel
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModel, CLIPTokenizer, PreTrainedTokenizerBase
 
 from ldm_vae.config import UNetConfig
 from ldm_vae.errors import ConfigError
 from ldm_vae.models.unet import unet_layout
 
-MIN_VOCAB_SIZE = 259  # the 256 byte symbols, CLIP's two special tokens, and at least one merge
 MAX_SANE_LENGTH = 4096  # a tokenizer without a real model_max_length reports ~1e30
 
 
@@ -31,12 +31,9 @@ MAX_SANE_LENGTH = 4096  # a tokenizer without a real model_max_length reports ~1
 
 
 def train_tokenizer(captions: Iterable[str], vocab_size: int, max_length: int) -> CLIPTokenizer:
-    """A byte-level BPE CLIPTokenizer with about `vocab_size` tokens, trained on `captions`; prompts pad and
-    truncate to `max_length` tokens including the start and end tokens (CLIP's is 77)."""
-    if vocab_size < MIN_VOCAB_SIZE:
-        raise ConfigError(f"text.vocab_size={vocab_size}: must be >= {MIN_VOCAB_SIZE} (256 bytes + 3)")
-    if max_length < 3:
-        raise ConfigError(f"text.max_length={max_length}: must be >= 3 (start, one token, end)")
+    """A byte-level BPE CLIPTokenizer with at most `vocab_size` tokens (the 256 bytes and 2 special tokens,
+    then merges), trained on `captions`; prompts pad and truncate to `max_length` tokens including the start
+    and end tokens (CLIP's is 77)."""
     tokenizer = CLIPTokenizer().train_new_from_iterator(captions, vocab_size=vocab_size, show_progress=False)
     tokenizer.model_max_length = max_length
     return tokenizer
@@ -90,8 +87,6 @@ def build_text_encoder(
 ) -> CLIPTextModel:
     """A new CLIPTextModel sized for the tokenizer: one position per token of `model_max_length`, causal
     self-attention as in CLIP; its last hidden states (b, L, hidden_size) condition the UNet."""
-    if hidden_size % num_heads:
-        raise ConfigError(f"text.hidden_size={hidden_size}: must be divisible by text.num_heads={num_heads}")
     config = CLIPTextConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
@@ -136,12 +131,6 @@ def build_text_unet(
 ) -> UNet2DConditionModel:
     """UNet2DConditionModel for latents (c, h, w): self- and cross-attention at the `attention_levels` and in
     the middle block, attending to text states of width `cross_attention_dim`."""
-    for level_width in model.block_out_channels:
-        if level_width % model.attention_head_dim:
-            raise ConfigError(
-                f"model.block_out_channels={model.block_out_channels}: each width must be divisible by "
-                f"model.attention_head_dim={model.attention_head_dim}"
-            )
     return UNet2DConditionModel(
         **unet_layout(model, latent_shape, "CrossAttn"),
         mid_block_type="UNetMidBlock2DCrossAttn",
@@ -165,7 +154,17 @@ class TextConditionedUNet(torch.nn.Module):
     def trains_text_encoder(self) -> bool:
         return any(p.requires_grad for p in self.text_encoder.parameters())
 
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, input_ids: torch.Tensor):
+    def enable_gradient_checkpointing(self) -> None:
+        """train.gradient_checkpointing: the UNet's activations (the text encoder's are small)."""
+        self.unet.enable_gradient_checkpointing()
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        input_ids: torch.Tensor,
+        class_labels: torch.Tensor | None = None,
+    ) -> UNet2DConditionOutput:
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.trains_text_encoder):
             states = self.text_encoder(input_ids)[0]  # (b, L, hidden): what SD's UNet cross-attends to
-        return self.unet(sample, timestep, encoder_hidden_states=states)
+        return self.unet(sample, timestep, encoder_hidden_states=states, class_labels=class_labels)

@@ -47,7 +47,7 @@ def build_unet(model: UNetConfig, latent_shape: tuple[int, int, int], num_classe
     return UNet2DModel(
         **unet_layout(model, latent_shape, "Attn"),
         attention_head_dim=model.attention_head_dim,
-        num_class_embeds=num_classes + 1 if model.class_conditional else None,
+        num_class_embeds=num_classes + 1 if model.conditioning == "class" else None,
     )
 
 

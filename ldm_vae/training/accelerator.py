@@ -52,8 +52,3 @@ class StopRequest:
 
 def memory_format(use_channels_last: bool) -> torch.memory_format:
     return torch.channels_last if use_channels_last else torch.contiguous_format
-
-
-def ignore_interrupts_in_worker(worker_id: int) -> None:
-    """DataLoader workers would die on the terminal's Ctrl-C before the loop can checkpoint."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)

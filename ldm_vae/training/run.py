@@ -18,7 +18,7 @@ weights.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +27,10 @@ import torch
 from accelerate import Accelerator
 from diffusers.training_utils import EMAModel
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
 from ldm_vae.config import TrainConfig
+from ldm_vae.data.sampler import stream_loader
 from ldm_vae.errors import TrainingDiverged
 from ldm_vae.training.accelerator import StopRequest
 from ldm_vae.training.checkpoints import (
@@ -99,6 +101,21 @@ class TrainingRun:
         """Wrap one micro-batch's forward and backward: its FLOPs are counted on the first micro-batch of
         each `phase` (whatever changes the work of a step) and give the logged TFLOP/s and MFU."""
         return self.flops.counting(phase)
+
+    def stream_loader(
+        self, dataset: Dataset, indices: Sequence[int], seed: int, num_workers: int
+    ) -> DataLoader:
+        """This process's slice of the global stream over `indices`, from where the run stands."""
+        return stream_loader(
+            dataset,
+            indices,
+            self.train.batch_size,
+            self.accelerator.process_index,
+            self.accelerator.num_processes,
+            seed,
+            self.progress.samples_seen,
+            num_workers,
+        )
 
     @contextmanager
     def tracking(self) -> Iterator[RunTracker]:

@@ -19,7 +19,12 @@ def run_stage(name: str, arguments: list[str], log: list[str], done: bool = Fals
         return None
     print(f"\n=== {name}: {printable}", flush=True)
     start = time.perf_counter()
-    completed = subprocess.run(command)
-    if completed.returncode != 0:
-        raise SystemExit(completed.returncode)
+    child = subprocess.Popen(command)
+    try:
+        returncode = child.wait()
+    except KeyboardInterrupt:  # the child got the same Ctrl-C: let it write its checkpoint, then stop
+        child.wait()
+        raise
+    if returncode != 0:
+        raise SystemExit(returncode)
     return time.perf_counter() - start

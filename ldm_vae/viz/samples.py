@@ -1,4 +1,4 @@
-"""Sample grids by class: one row per class, its name written in a margin on the left."""
+"""Sample grids by class or prompt: one row each, its name written in a margin on the left."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from torch import Tensor
 from torchvision.transforms.functional import to_pil_image
 from torchvision.utils import make_grid
 
-LABEL_MARGIN_PX = 72  # width of the name column
+LABEL_MARGIN_PX = 72  # narrowest name column; longer names (prompts) widen it
 PADDING_PX = 2
 
 
@@ -21,12 +21,14 @@ def class_grid(images: Tensor, row_names: list[str] | None = None) -> Image.Imag
     if not row_names:
         return picture
     assert len(row_names) == rows, f"{len(row_names)} row names for {rows} rows"
-    labelled = Image.new("RGB", (picture.width + LABEL_MARGIN_PX, picture.height), "white")
-    labelled.paste(picture, (LABEL_MARGIN_PX, 0))
-    draw, font = ImageDraw.Draw(labelled), ImageFont.load_default()
+    font = ImageFont.load_default()
+    margin = max(LABEL_MARGIN_PX, 8 + max(int(font.getlength(name)) for name in row_names))
+    labelled = Image.new("RGB", (picture.width + margin, picture.height), "white")
+    labelled.paste(picture, (margin, 0))
+    draw = ImageDraw.Draw(labelled)
     for r, name in enumerate(row_names):
         y = PADDING_PX + r * (h + PADDING_PX) + h // 2
-        draw.text((4, y), name[:12], fill="black", font=font, anchor="lm")
+        draw.text((4, y), name, fill="black", font=font, anchor="lm")
     return labelled
 
 
