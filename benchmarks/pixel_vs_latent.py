@@ -37,14 +37,13 @@ from torchvision.utils import make_grid
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from ldm_vae.pipelines import LatentDiffusionPipeline  # noqa: E402
-
 from ldm_vae.config import DiffusionConfig, UNetConfig  # noqa: E402
 from ldm_vae.data import SHAPE_KINDS, build_dataset, stack_items, train_held_out_split  # noqa: E402
 from ldm_vae.errors import ConfigError  # noqa: E402
 from ldm_vae.losses import diffusion_loss  # noqa: E402
 from ldm_vae.metrics import SampleClassifier, accuracy, frechet_distance, train_classifier  # noqa: E402
 from ldm_vae.models import build_noise_scheduler, build_unet, load_autoencoder  # noqa: E402
+from ldm_vae.pipelines import LatentDiffusionPipeline  # noqa: E402
 from ldm_vae.seeds import torch_generator  # noqa: E402
 
 # The same UNet for both arms; only its in/out convolutions follow the data's channels. Three levels: 32, 16,

@@ -37,9 +37,8 @@ from torchvision.utils import save_image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from ldm_vae.pipelines.sampling import load_pipeline, score_pipeline  # noqa: E402
-
 from ldm_vae.metrics.judge import CLASSIFIER_STEPS, train_judge  # noqa: E402
+from ldm_vae.pipelines.sampling import load_pipeline, score_pipeline  # noqa: E402
 from ldm_vae.training.stages import run_stage  # noqa: E402
 
 SAMPLES_PER_CLASS = 32  # class-conditional samples scored per class, as the demo

@@ -55,9 +55,8 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def run_ours(args: argparse.Namespace) -> dict[str, float]:
     """The real job; images/s from its own log, over the intervals after warm-up."""
-    from ldm_vae.train.autoencoder import train
-
     from ldm_vae.config import AutoencoderTrainConfig, load_config
+    from ldm_vae.train.autoencoder import train
     from ldm_vae.training.tracking import read_stats
 
     with tempfile.TemporaryDirectory() as run_dir:
