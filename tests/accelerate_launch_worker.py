@@ -27,3 +27,8 @@ if os.environ.get("ACCELERATE_USE_FSDP") == "true":
         "wrap_policy": plugin.auto_wrap_policy.__name__,
     }
 Path(sys.argv[1], f"rank{state.process_index}.json").write_text(json.dumps(report))
+# Leave together and tear the group down, as a job's `accelerator.end_training()` does: a process that exits
+# with gloo's threads still running can abort ("terminate called without an active exception"), and on two
+# launchers the first to leave takes the rendezvous store with it.
+dist.barrier()
+state.destroy_process_group()
