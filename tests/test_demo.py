@@ -35,6 +35,7 @@ TOY = [
 ]
 
 
+@pytest.mark.slow
 def test_demo_runs_the_chain_and_reports_every_stage(tmp_path, capsys):
     run_dir = tmp_path / "demo"
     assert main(["demo", "--run-dir", str(run_dir), *TOY]) == 0
@@ -126,3 +127,59 @@ def test_demo_refuses_a_rerun_on_other_data(tmp_path, capsys):
     assert (
         "data.source='/some/folder', not 'builtin:shapes': use another --run-dir" in capsys.readouterr().err
     )
+
+
+TOY_TEXT = [
+    *TOY[: TOY.index("--ldm")],  # the same tiny autoencoder
+    *("--ldm", "model.block_out_channels=[16,32]", "--ldm", "model.attention_head_dim=8"),
+    *("--ldm", "text.hidden_size=16", "--ldm", "text.num_layers=1", "--ldm", "data.num_workers=0"),
+    *("--ldm", "train.batch_size=8", "--ldm", "train.max_steps=4", "--ldm", "sample.per_class=1"),
+    *("--ldm", "sample.num_inference_steps=2", "--samples-per-class", "2", "--classifier-steps", "3"),
+]
+
+
+@pytest.mark.slow
+def test_text_demo_trains_text_to_image_and_scores_seen_and_unseen_prompts(tmp_path, capsys):
+    run_dir = tmp_path / "demo-text"
+    assert main(["demo", "--text", "--run-dir", str(run_dir), *TOY_TEXT]) == 0
+    manifest = json.loads((run_dir / "latents" / "manifest.json").read_text())
+    assert manifest["captioned_samples"] == manifest["num_samples"] == 96
+    index = json.loads((run_dir / "ldm" / "pipeline" / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline"
+    figures = json.loads((run_dir / "demo.json").read_text())
+    samples = figures["samples"]
+    assert figures["data"]["source"] == "builtin:shapes-text" and figures["presets"]["ldm"] == "ldm-text-tiny"
+    assert set(samples) >= {"real", "reconstructions", "guidance_1", "guidance_3", "both_by_prompt"}
+    assert len(samples["both_by_prompt"]) == 36 and samples["samples_per_prompt"] == 2
+    for key in ("real", "reconstructions", "guidance_1", "guidance_3"):
+        for group in ("seen", "unseen"):
+            assert samples[key][group]["images"] > 0
+            assert all(0 <= samples[key][group][factor] <= 1 for factor in ("shape", "colour", "both"))
+    assert samples["guidance_3"]["unseen"]["images"] == 4 * 2  # the 4 held-out prompts, 2 samples each
+    report = (run_dir / "report.md").read_text()
+    assert "| images | seen: shape | colour | both | unseen: shape | colour | both |" in report
+    assert "| samples, guidance 3 |" in report and report.count("* |") == 4  # held-out cells starred
+    assert "ldm-vae train-ldm ldm-text-tiny" in report and "![prompt samples](prompt_samples.png)" in report
+    grid = Image.open(run_dir / "prompt_samples.png")
+    assert grid.height == 2 + 8 * (16 + 2)  # 8 labelled rows: 4 held-out pairs, 4 seen pairs of their words
+
+    capsys.readouterr()
+    assert main(["demo", "--text", "--run-dir", str(run_dir), *TOY_TEXT]) == 0
+    out = capsys.readouterr().out
+    assert "1/4 autoencoder: finished earlier, skipped" in out
+    assert "3/4 latent diffusion: finished earlier, skipped" in out
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--data", "builtin:shapes"], "--data builtin:shapes: the text demo's judge checks"),
+        (["--ldm", "model.conditioning=class"], "the demo scores samples by prompt"),
+        (["--ae", "data.source=builtin:shapes"], "the demo's data is --data (now 'builtin:shapes-text')"),
+    ],
+)
+def test_text_demo_refuses_what_it_cannot_judge_before_any_work(tmp_path, capsys, arguments, message):
+    assert main(["demo", "--text", "--run-dir", str(tmp_path / "demo"), *arguments]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "demo").exists()

@@ -188,6 +188,7 @@ def run_encode(model: Path, out: Path, processes: int = 1) -> subprocess.Popen:
     return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_shards_and_two_processes_match_one(kl_model, tmp_path):
     whole = tmp_path / "whole"
     assert run_encode(kl_model, whole).wait(timeout=300) == 0

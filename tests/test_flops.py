@@ -76,6 +76,7 @@ def test_measured_cpu_peak_is_positive_finite_and_quick():
     assert matmul_flops == 2 * 256**3
 
 
+@pytest.mark.slow
 def test_train_ae_logs_tflops_and_mfu_with_flops_per_image_fixed_within_each_gan_phase(tmp_path):
     """kl-tiny: steps 0-1 autoencoder only, step 2 the discriminator trains too, from step 3 the adversarial
     term (and its adaptive weight) enters. The counted FLOPs per image only change between those phases."""

@@ -62,6 +62,7 @@ def test_console_script_runs_outside_the_checkout_without_importing_torch(tmp_pa
     assert time.perf_counter() - start < 30  # generous: the figure itself is measured in the README
 
 
+@pytest.mark.slow
 def test_argparse_commands_report_bad_options_on_one_line(tmp_path):
     usage = subprocess.run(
         [

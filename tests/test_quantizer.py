@@ -254,6 +254,7 @@ def ddp_worker(rank: int, world_size: int, init_file: str, out_dir: str) -> None
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_processes_keep_identical_codebooks_equal_to_one_process(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # for the children only; later tests must not inherit it
     mp.spawn(ddp_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)

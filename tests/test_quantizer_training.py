@@ -20,6 +20,7 @@ from ldm_vae.training.checkpoints import list_checkpoints
 from ldm_vae.training.tracking import read_stats
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "overrides, num_codes, code_dim, health_keys",
     [
@@ -57,6 +58,7 @@ def test_fsq_and_lfq_train_and_export_plain_vqmodels_with_the_same_codes(
         torch.testing.assert_close(indices_to_image(vq, tokens), vq(images).sample)
 
 
+@pytest.mark.slow
 def test_rotation_trick_and_lecam_resume_exactly(tmp_path):
     """LeCAM's logit averages live in the discriminator's checkpoint, so the resumed run ends identical."""
     settings = [

@@ -319,6 +319,7 @@ def test_train_ae_with_equivariance_adds_and_logs_the_term(tmp_path):
     assert len(values) == 6 and all(v > 0 for v in values)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "recipe",
     [

@@ -314,6 +314,7 @@ def text_config(store: Path, run_dir: Path, *overrides: str) -> LDMTrainConfig:
     )
 
 
+@pytest.mark.slow
 def test_train_text_exports_a_stable_diffusion_pipeline_with_a_trained_text_encoder(text_store, tmp_path):
     cfg = text_config(text_store, tmp_path / "run")
     run_dir = train(cfg)
@@ -334,6 +335,7 @@ def test_train_text_exports_a_stable_diffusion_pipeline_with_a_trained_text_enco
             assert not torch.equal(trained[key], value), f"{key} did not train"
 
 
+@pytest.mark.slow
 def test_text_resume_ends_with_the_weights_of_an_uninterrupted_run(text_store, tmp_path):
     uninterrupted = train(text_config(text_store, tmp_path / "a"))
     resumed = tmp_path / "b"
@@ -349,6 +351,7 @@ def test_text_resume_ends_with_the_weights_of_an_uninterrupted_run(text_store, t
     assert all(torch.equal(a[key], b[key]) for key in a), "resumed weights differ from the uninterrupted run"
 
 
+@pytest.mark.slow
 def test_a_frozen_pretrained_text_encoder_stays_as_it_was(text_store, tmp_path, tokenizer):
     torch.manual_seed(1)
     build_text_encoder(tokenizer, 16, 1, 2).save_pretrained(tmp_path / "encoder")
@@ -435,6 +438,7 @@ np.savez(
 """
 
 
+@pytest.mark.slow
 def test_stable_diffusion_export_loads_and_samples_without_ldm_vae(tokenizer, tmp_path):
     pipe = make_text_pipe(tokenizer)
     prompts = ["a red circle on a dark background", "a blue triangle in the top left"]
@@ -494,6 +498,7 @@ np.savez(OUT, guided=images(class_labels=[0, 2], guidance_scale=2.0), plain=imag
 """
 
 
+@pytest.mark.slow
 def test_class_conditional_pipeline_loads_with_trust_remote_code_without_ldm_vae(tmp_path):
     torch.manual_seed(0)
     vae = tiny_vae("kl")

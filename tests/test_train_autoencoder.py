@@ -90,6 +90,7 @@ def test_loss_goes_down_on_a_fixed_batch(tmp_path, learn_logvar):
         assert module.output_logvar.item() < -0.01
 
 
+@pytest.mark.slow
 def test_train_exports_a_diffusers_folder_that_reloads_exactly(tmp_path):
     cfg = tiny_config(tmp_path / "run")
     run_dir = train(cfg)
@@ -126,6 +127,7 @@ def test_train_exports_a_diffusers_folder_that_reloads_exactly(tmp_path):
     assert sorted(p.name for p in run_dir.rglob("*")) == before
 
 
+@pytest.mark.slow
 def test_resume_after_ctrl_c_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
     steps = ["train.max_steps=80", "train.checkpoint_every_steps=1000", "train.image_every_steps=1000"]
     uninterrupted = train(tiny_config(tmp_path / "a", *steps))
@@ -162,6 +164,7 @@ def test_resume_after_ctrl_c_ends_with_the_weights_of_an_uninterrupted_run(tmp_p
     assert all(torch.equal(ema_a[key], ema_b[key]) for key in ema_a), "EMA differs after resume"
 
 
+@pytest.mark.slow
 def test_bf16_autocast_trains_and_still_exports_fp32(tmp_path):
     run_dir = train(tiny_config(tmp_path / "run", "train.mixed_precision=bf16", "train.max_steps=4"))
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -170,6 +173,7 @@ def test_bf16_autocast_trains_and_still_exports_fp32(tmp_path):
     assert all(p.dtype == torch.float32 for p in vae.parameters())
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_matches_the_larger_batch(tmp_path):
     # Without the GAN: the adaptive weight is, as in taming, computed per micro-batch, so with it the
     # two differ by design.
@@ -201,6 +205,7 @@ def test_non_finite_losses_stop_training_and_keep_the_last_checkpoint(tmp_path):
     assert all(torch.isfinite(t).all() for t in load_file(last / "ae.safetensors").values())
 
 
+@pytest.mark.slow
 def test_init_from_a_diffusers_folder_and_train_the_decoder_only(tmp_path):
     cfg = tiny_config(tmp_path / "first", "train.max_steps=2", "loss.disc_weight=0")
     start = train(cfg) / "export"

@@ -109,6 +109,7 @@ def test_diffusion_draws_are_keyed_by_position_not_by_batch():
     assert not torch.equal(whole[0], other_seed[0])
 
 
+@pytest.mark.slow
 def test_train_saves_a_pipeline_that_reloads_and_samples_identically(store, tmp_path):
     run_dir = train(ldm_config(store, tmp_path / "run"))
     report = json.loads((run_dir / "report.json").read_text())
@@ -133,6 +134,7 @@ def test_train_saves_a_pipeline_that_reloads_and_samples_identically(store, tmp_
     assert sorted(p.name for p in run_dir.rglob("*")) == before
 
 
+@pytest.mark.slow
 def test_export_of_an_ldm_run_rebuilds_the_pipeline_from_its_checkpoint(store, tmp_path):
     """`ldm-vae export RUN_DIR` on a train-ldm run: the pipeline from the last checkpoint's EMA weights."""
     run_dir = train(ldm_config(store, tmp_path / "run"))
@@ -146,6 +148,7 @@ def test_export_of_an_ldm_run_rebuilds_the_pipeline_from_its_checkpoint(store, t
     assert json.loads((run_dir / "report.json").read_text())["reload_max_abs_diff"] == 0.0
 
 
+@pytest.mark.slow
 def test_resume_from_a_checkpoint_ends_with_the_weights_of_an_uninterrupted_run(store, tmp_path):
     uninterrupted = train(ldm_config(store, tmp_path / "a"))
     resumed = tmp_path / "b"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
 import torch
 from conftest import tiny_config
 from diffusers import VQModel
@@ -23,6 +24,7 @@ def held_out_batch(n: int = 4) -> torch.Tensor:
     return torch.stack([dataset[i][0] for i in range(n)])
 
 
+@pytest.mark.slow
 def test_vq_trains_and_exports_a_vqmodel_with_identical_codes(tmp_path):
     run_dir = train(tiny_config(tmp_path / "run", kind="vq"))
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -58,6 +60,7 @@ def test_a_renamed_codebook_key_fails_the_export_check(tmp_path):
     assert "quantize.embedding.weight" in str(check["loading_problems"]) and not export_ok(check)
 
 
+@pytest.mark.slow
 def test_vq_resume_from_a_checkpoint_ends_like_the_uninterrupted_run(tmp_path):
     """The codebook's EMA statistics and dead-code counters are training state: they must resume too."""
     steps = ["train.max_steps=6", "train.checkpoint_every_steps=3", "train.checkpoint_total_limit=3"]
