@@ -17,9 +17,11 @@ from pathlib import Path
 import pytest
 from accelerate.commands.config.config_args import ClusterConfig
 from accelerate.commands.launch import launch_command_parser
-from accelerate.utils import DistributedType
+from accelerate.utils import DistributedType, DynamoBackend
 from accelerate.utils.dataclasses import get_module_class_from_name
 from conftest import tiny_unet, tiny_vae
+
+from ldm_vae.training.accelerator import build_accelerator
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs" / "accelerate"
@@ -124,3 +126,12 @@ def test_multinode_config_two_launchers_meet_at_the_main_address(tmp_path):
         finish(launcher)
     for report in reports(tmp_path, 2):
         assert report["world"] == 2 and report["ranks_sum"] == 1 + 2
+
+
+def test_a_second_job_in_one_process_gets_its_own_compile_and_precision(tmp_path):
+    """accelerate keeps one AcceleratorState per process: without the reset in build_accelerator a second
+    job would keep the first one's (eager) dynamo backend silently, and refuse another precision."""
+    build_accelerator(tmp_path, "no", 1, use_compile=False)
+    second = build_accelerator(tmp_path, "bf16", 1, use_compile=True)
+    assert second.state.dynamo_plugin.backend == DynamoBackend.INDUCTOR
+    assert second.mixed_precision == "bf16"

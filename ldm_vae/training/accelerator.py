@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
 from ldm_vae.errors import ConfigError
@@ -15,9 +16,17 @@ from ldm_vae.errors import ConfigError
 def build_accelerator(
     run_dir: Path, mixed_precision: str, grad_accum_steps: int, use_compile: bool
 ) -> Accelerator:
-    """`cpu=True` without CUDA, so torchrun on a CPU box really gives N gloo processes (accelerate#2741)."""
+    """`cpu=True` without CUDA, so torchrun on a CPU box really gives N gloo processes (accelerate#2741).
+
+    Each job gets its own settings: accelerate keeps one process-wide AcceleratorState and, once it exists,
+    silently keeps its torch.compile backend (a second job in the same process with `use_compile` would
+    run eagerly) and refuses another precision; so that state is dropped first. The distributed setup
+    (PartialState, the process group) is kept.
+    """
     if mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("train.mixed_precision='fp16': needs a CUDA GPU; use 'bf16' or 'no' on CPU")
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
     return Accelerator(
         cpu=not torch.cuda.is_available(),
         mixed_precision=mixed_precision,
