@@ -6,7 +6,7 @@ TORCH  ?= torch==2.14.1 torchvision==0.29.1
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench lint clean
+.PHONY: demo test test-fast test-gpu bench bench-gpu lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +25,14 @@ test: $(STAMP)  # everything, slow tests included (the README's and CI's test co
 test-fast: $(STAMP)  # everything but the tests marked slow
 	$(BIN)/python -m pytest -q -m "not slow"
 
+test-gpu: $(STAMP)  # the gpu-marked tests (tests/test_gpu.py); each is skipped, with its reason, without CUDA
+	$(BIN)/python -m pytest -q -rs -m gpu
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train_step.py
+
+bench-gpu: $(STAMP)  # under 8 minutes on one H100/H200; ARGS="--device cpu --tiny" checks it on a CPU
+	$(BIN)/python benchmarks/gpu.py $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
