@@ -64,11 +64,17 @@ def run_ours(args: argparse.Namespace) -> dict[str, float]:
         train(cfg)
         rows = [row for row in read_stats(Path(run_dir)) if row["step"] > args.warmup_steps]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    tflops = statistics.harmonic_mean([r["train/tflops_per_device"] for r in rows])
+    mfu = statistics.harmonic_mean([r["train/mfu"] for r in rows])
     return {
         "images_per_sec": statistics.harmonic_mean(
             [r["train/images_per_sec"] for r in rows]
         ),  # equal intervals
         "peak_memory_mb": peak_memory_mb(device),
+        # as the job logs them: counted FLOPs over step time, against the matmul peak it measured at start
+        "tflops_per_device": tflops,
+        "mfu": mfu,
+        "peak_tflops": tflops / mfu,
     }
 
 

@@ -21,7 +21,7 @@ from ldm_vae.data import ShapesDataset
 from ldm_vae.errors import ConfigError, TrainingDiverged
 from ldm_vae.losses import PatchDiscriminator
 from ldm_vae.models import KLTrainingModule, build_autoencoder_kl, latent_shape
-from ldm_vae.train.autoencoder import discriminator_loss, generator_loss, train
+from ldm_vae.train.autoencoder import discriminator_loss, generator_loss, setup, train
 from ldm_vae.train.cli import export_run
 from ldm_vae.training.checkpoints import list_checkpoints
 
@@ -233,3 +233,17 @@ def test_init_from_a_missing_folder_is_a_clear_error(tmp_path, capsys):
         ["train-ae", "kl-tiny", f"run_dir={tmp_path / 'run'}", f"model.init_from={tmp_path / 'nope'}"]
     )
     assert code == 2 and "model.init_from=" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_gradient_checkpointing_recomputes_and_trains_the_same_weights(tmp_path):
+    """train.gradient_checkpointing trades memory for a second forward in the backward; the math, the
+    adaptive weight's autograd.grad through the checkpointed decoder included, must not change."""
+    assert setup(
+        tiny_config(tmp_path / "probe", "train.gradient_checkpointing=true")
+    ).run.ema_target.is_gradient_checkpointing
+    plain = train(tiny_config(tmp_path / "plain"))  # GAN from step 3 of 6: the whole step
+    checkpointed = train(tiny_config(tmp_path / "checkpointed", "train.gradient_checkpointing=true"))
+    a, b = final_weights(plain), final_weights(checkpointed)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[key], b[key]) for key in a), "gradient checkpointing changed the training"
