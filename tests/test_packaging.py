@@ -35,6 +35,12 @@ def test_wheel_holds_only_the_ldm_vae_import_name(tmp_path):
     assert top_level == {"ldm_vae"}, top_level
     assert "ldm_vae/train/autoencoder.py" in names and "ldm_vae/pipelines/latent_diffusion.py" in names
     assert "ldm_vae/configs/kl-tiny.yaml" in names  # presets travel with the wheel
+    # every module of the checkout, subpackages included (setuptools only warns about an unlisted one)
+    folders = {"ldm_vae": "ldm_vae", "train": "ldm_vae/train", "pipelines": "ldm_vae/pipelines"}
+    for folder, installed in folders.items():
+        for module in (REPO / folder).rglob("*.py"):
+            path = f"{installed}/{module.relative_to(REPO / folder).as_posix()}"
+            assert path in names, f"{path}: not in the wheel (pyproject.toml [tool.setuptools] packages)"
 
 
 def test_console_script_runs_outside_the_checkout_without_importing_torch(tmp_path):
