@@ -129,6 +129,9 @@ class DataConfig:
     held_out_samples: int = ranged(256, ge=1)  # deterministic held-out split used by the report
     random_flip: bool = True  # horizontal flip with probability 0.5
     num_workers: int = ranged(2, ge=0)  # DataLoader worker processes per training process
+    # global: any sample at any stream position (2 processes == 1); shards (wds:, hf:): each process and
+    # worker reads its own shards, for storage where shard-by-shard reads are faster (ShardStreamSampler)
+    order: Literal["global", "shards"] = "global"
 
 
 @dataclass

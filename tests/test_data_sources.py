@@ -247,8 +247,9 @@ def test_shard_index_is_reused_and_rebuilt_when_a_shard_changes(tmp_path, count_
 # hf:
 
 
-def save_hf_dataset(folder: Path, n: int = 6, splits: bool = False) -> list[bytes]:
-    """A save_to_disk dataset: Image, ClassLabel and a caption column; returns the encoded images."""
+def save_hf_dataset(folder: Path, n: int = 6, splits: bool = False, num_shards: int = 1) -> list[bytes]:
+    """A save_to_disk dataset: Image, ClassLabel and a caption column, in `num_shards` Arrow files;
+    returns the encoded images."""
     images = [image_bytes(i) for i in range(n)]
     features = datasets.Features(
         {
@@ -261,7 +262,7 @@ def save_hf_dataset(folder: Path, n: int = 6, splits: bool = False) -> list[byte
     rows["text"] = [f"caption {i}" for i in range(n)]
     ds = datasets.Dataset.from_dict(rows, features=features)
     (datasets.DatasetDict({"train": ds, "test": ds.select(range(2))}) if splits else ds).save_to_disk(
-        str(folder)
+        str(folder), num_shards=None if splits else num_shards
     )
     return images
 
@@ -345,6 +346,16 @@ def test_a_dataset_without_images_asks_for_the_column(tmp_path):
     datasets.Dataset.from_dict({"x": [1, 2]}).save_to_disk(str(tmp_path / "ds"))
     with pytest.raises(ConfigError, match="no Image column; set data.image_column to one of x"):
         HuggingFaceImages(str(tmp_path / "ds"), RES_PX)
+
+
+def test_hf_shards_are_its_arrow_files(tmp_path):
+    save_hf_dataset(tmp_path / "ds", n=10, num_shards=3)
+    dataset = HuggingFaceImages(str(tmp_path / "ds"), RES_PX)
+    ranges = dataset.shard_ranges()
+    assert len(ranges) == 3 and ranges[0].start == 0 and ranges[-1].stop == 10
+    assert all(a.stop == b.start for a, b in zip(ranges, ranges[1:], strict=False))
+    save_hf_dataset(tmp_path / "one", n=4)
+    assert HuggingFaceImages(str(tmp_path / "one"), RES_PX).shard_ranges() == [range(0, 4)]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -570,11 +581,24 @@ def test_encode_keeps_input_shards_whole_and_records_the_source(kl_model, tmp_pa
     assert [shard_range(len(groups), rank, 2) for rank in (0, 1)] == [range(0, 2), range(2, 3)]
 
 
+def encode_source(kind: str, folder: Path) -> tuple[str, str]:
+    """36 good samples in 4 shards and a fifth shard of one undecodable sample, as wds: or hf:
+    (Arrow files); returns the source and the name the bad sample is reported by."""
+    if kind == "wds":
+        write_shards(folder, num_shards=4, per_shard=9)
+        write_shard(folder / "shard-00004.tar", [{"__key__": "bad", "png": b"garbage", "cls": "1"}])
+        return f"wds:{folder}", "shard-00004.tar:bad"
+    images = [image_bytes(i) for i in range(36)] + [b"garbage"]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=3)})
+    rows = {"image": [{"bytes": b, "path": None} for b in images], "label": [i % 3 for i in range(37)]}
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(folder), num_shards=5)
+    return f"hf:{folder}", "row 36"
+
+
 @pytest.mark.slow
-def test_encode_from_shards_resumes_after_sigkill_and_two_processes_match_one(kl_model, tmp_path):
-    write_shards(tmp_path / "shards", num_shards=4, per_shard=9)
-    write_shard(tmp_path / "shards" / "shard-00004.tar", [{"__key__": "bad", "png": b"garbage", "cls": "1"}])
-    data = f"wds:{tmp_path}/shards"
+@pytest.mark.parametrize("kind", ["wds", "hf"])
+def test_encode_resumes_after_sigkill_and_two_processes_match_one(kl_model, tmp_path, kind):
+    data, bad_name = encode_source(kind, tmp_path / "data")
 
     def digests(out: Path) -> list[str]:
         return [shard["sha256"] for shard in json.loads((out / "manifest.json").read_text())["shards"]]
@@ -582,7 +606,8 @@ def test_encode_from_shards_resumes_after_sigkill_and_two_processes_match_one(kl
     whole = tmp_path / "whole"
     assert launch("ldm_vae.train.encode", encode_args(kl_model, data, whole)[1:]).wait(timeout=300) == 0
     manifest = json.loads((whole / "manifest.json").read_text())
-    assert manifest["skipped"] == [["shard-00004.tar:bad", "not a readable image"]]
+    assert manifest["skipped"] == [[bad_name, "not a readable image"]]
+    assert manifest["data"]["fingerprint"] == build_dataset(data, RES_PX, 1, 0).fingerprint
 
     killed = tmp_path / "killed"
     process = launch("ldm_vae.train.encode", encode_args(kl_model, data, killed)[1:])
@@ -628,13 +653,15 @@ def tiny_source(kind: str, folder: Path) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["wds", "hf"])
-def test_train_ae_killed_and_resumed_ends_bit_identical(tmp_path, kind):
+@pytest.mark.parametrize(("kind", "order"), [("wds", "global"), ("hf", "global"), ("wds", "shards")])
+def test_train_ae_killed_and_resumed_ends_bit_identical(tmp_path, kind, order):
+    """In shard order with 2 workers: 2 readers, each reading its own shards, resumed exactly."""
     from ldm_vae.train.autoencoder import train
     from ldm_vae.training.checkpoints import list_checkpoints
 
     source = tiny_source(kind, tmp_path / "data")
-    settings = [f"data.source={source}", "data.num_workers=1", *TRAIN_STEPS]
+    workers = 2 if order == "shards" else 1
+    settings = [f"data.source={source}", f"data.num_workers={workers}", f"data.order={order}", *TRAIN_STEPS]
     uninterrupted = train(tiny_config(tmp_path / "a", *settings))
 
     interrupted = tmp_path / "b"
@@ -645,6 +672,8 @@ def test_train_ae_killed_and_resumed_ends_bit_identical(tmp_path, kind):
     assert 2 <= stopped_at < 12
 
     train(tiny_config(interrupted, *settings, "train.resume=latest"))
+    progress = json.loads((list_checkpoints(interrupted)[-1] / "progress.json").read_text())
+    assert progress["shard_readers"] == (2 if order == "shards" else 0)  # the layout the run streamed in
     for name in ("ae", "discriminator"):
         a = load_file(list_checkpoints(uninterrupted)[-1] / f"{name}.safetensors")
         b = load_file(list_checkpoints(interrupted)[-1] / f"{name}.safetensors")
@@ -663,3 +692,74 @@ def test_held_out_split_of_an_indexed_source_is_cached_with_its_index(tmp_path, 
     (tmp_path / "images" / "cat" / "new.png").write_bytes(image_bytes(99))  # a new index: hashed again
     grown = ImageFolderDataset(tmp_path / "images", RES_PX)
     assert len(split.train_held_out_split(grown, 3, seed=5)[0]) == 10
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the stream over a source: two processes, shard order
+
+
+def test_shard_order_needs_a_sharded_source(tmp_path):
+    from ldm_vae.data import stream_shards
+
+    write_folder(tmp_path / "images")
+    folder = ImageFolderDataset(tmp_path / "images", RES_PX)
+    assert stream_shards(folder, "global", str(tmp_path / "images")) is None
+    with pytest.raises(ConfigError, match=r"data\.order=shards: data\.source='.*images' is not stored in"):
+        stream_shards(folder, "shards", str(tmp_path / "images"))
+    write_shards(tmp_path / "shards")
+    shards = WebDatasetShards(str(tmp_path / "shards"), RES_PX)
+    assert stream_shards(shards, "shards", "wds:...") == [range(0, 5), range(5, 10)]
+
+
+def test_a_resume_that_would_change_the_shard_stream_is_refused():
+    from ldm_vae.training.checkpoints import Progress, check_stream_layout
+
+    progress = Progress()
+    check_stream_layout(progress, shard_readers=4, batch_size=2)  # a new run records its layout
+    progress.samples_seen = 16
+    check_stream_layout(progress, shard_readers=4, batch_size=2)  # the same layout resumes
+    for readers, batch in ((2, 2), (4, 4), (0, 2)):
+        with pytest.raises(ConfigError, match="with 4 readers at batch 2, now .*resume with the same"):
+            check_stream_layout(progress, shard_readers=readers, batch_size=batch)
+    old = Progress(samples_seen=16)  # a checkpoint from before the field, or a global-order run
+    check_stream_layout(old, shard_readers=0, batch_size=8)
+    with pytest.raises(ConfigError, match="in data.order=global, now data.order=shards with 2 readers"):
+        check_stream_layout(old, shard_readers=2, batch_size=8)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("kind", "order"), [("wds", "global"), ("wds", "shards"), ("hf", "shards")])
+def test_two_torchrun_processes_read_the_stream_disjointly(tmp_path, kind, order):
+    """40 samples in 4 shards of 10, 2 processes x 2 DataLoader workers, batch 2, 10 micro-batches each:
+    one epoch, each sample once. In shard order each of the 4 readers reads one whole shard."""
+    if kind == "wds":
+        write_shards(tmp_path / "data", num_shards=4, per_shard=10)
+    else:
+        save_hf_dataset(tmp_path / "data", n=40, num_shards=4)
+    source = f"{kind}:{tmp_path}/data"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    worker = REPO / "tests" / "data_stream_worker.py"
+    completed = subprocess.run(
+        [*command, str(worker), source, order, "2", "2", "10", "0", str(tmp_path)],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [rank["world"] for rank in ranks] == [2, 2]
+    drawn = [tuple(item) for rank in ranks for item in rank["drawn"]]
+    assert sorted(position for _, position, _ in drawn) == list(range(40))  # the ranks split the stream
+    assert sorted(index for index, _, _ in drawn) == list(range(40))  # one epoch: every sample once
+    shards = [range(*bounds) for bounds in ranks[0]["shards"]]
+    read_by = {}  # (rank, worker) -> shards it read
+    for rank, report in enumerate(ranks):
+        for index, _, worker in report["drawn"]:
+            read_by.setdefault((rank, worker), set()).add(next(s for s, r in enumerate(shards) if index in r))
+    assert len(read_by) == 4
+    if order == "shards":
+        assert sorted(len(mine) for mine in read_by.values()) == [1, 1, 1, 1]
+        assert set().union(*read_by.values()) == {0, 1, 2, 3}
+    else:  # the global order: any sample at any position, every reader touches most shards
+        assert max(len(mine) for mine in read_by.values()) > 1

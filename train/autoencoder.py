@@ -22,6 +22,7 @@ from ldm_vae.data import (
     RandomFlipView,
     build_dataset,
     source_columns,
+    stream_shards,
     train_held_out_split,
 )
 from ldm_vae.errors import ConfigError
@@ -203,6 +204,7 @@ class Session:
     dataset: Dataset
     train_indices: list[int]
     held_out_indices: list[int]
+    shards: list[range] | None  # the source's shards, read by `data.order=shards`
     lpips: LPIPS | None
     run: TrainingRun  # models "ae" (KL/VQTrainingModule) and "discriminator"; its EMA follows the autoencoder
 
@@ -234,6 +236,7 @@ def setup(cfg: AutoencoderTrainConfig, for_training: bool = True) -> Session:
     if isinstance(dataset, IndexedImageDataset):  # unreadable samples met while training, for metrics.json
         dataset.record_skips_to(Path(cfg.run_dir) / "skipped.jsonl")
     train_indices, held_out_indices = train_held_out_split(dataset, cfg.data.held_out_samples, cfg.seed)
+    shards = stream_shards(dataset, cfg.data.order, cfg.data.source)  # None: global order
     lpips = build_lpips(cfg.loss) if for_training else None
     module, disc = build_models(cfg)
 
@@ -257,7 +260,7 @@ def setup(cfg: AutoencoderTrainConfig, for_training: bool = True) -> Session:
         samples_name="images",
         divergence_advice="lower optim.lr, use bf16 instead of fp16, or raise loss.disc_start_steps",
     )
-    return Session(dataset, train_indices, held_out_indices, lpips, run)
+    return Session(dataset, train_indices, held_out_indices, shards, lpips, run)
 
 
 def export_checkpoint(cfg: AutoencoderTrainConfig) -> dict[str, object]:
@@ -285,7 +288,8 @@ def train(cfg: AutoencoderTrainConfig) -> Path:
         save_config(cfg, run_dir / "config.yaml")
 
     view = RandomFlipView(dataset, seed=cfg.seed, p=0.5 if cfg.data.random_flip else 0.0)
-    batches = iter(run.stream_loader(view, session.train_indices, cfg.seed, cfg.data.num_workers))
+    loader = run.stream_loader(view, session.train_indices, cfg.seed, cfg.data.num_workers, session.shards)
+    batches = iter(loader)
     noise_shape = latent_shape(autoencoder, cfg.data.resolution_px)  # (c, h, w)
     last_layer = autoencoder.decoder.conv_out.weight
     disc_train_start = max(0, cfg.loss.disc_start_steps - cfg.loss.disc_warmup_steps)

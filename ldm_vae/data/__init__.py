@@ -36,6 +36,7 @@ __all__ = [
     "read_skips",
     "source_columns",
     "stack_items",
+    "stream_shards",
     "to_rgb",
     "train_held_out_split",
 ]
@@ -89,6 +90,19 @@ def source_columns(settings: object) -> dict[str, str | None]:
     return {
         name: getattr(settings, name, None) for name in ("image_column", "label_column", "caption_column")
     }
+
+
+def stream_shards(dataset: Dataset, order: str, source: str) -> list[range] | None:
+    """The shards a `data.order=shards` stream hands to its readers; None in global order."""
+    if order == "global":
+        return None
+    shard_ranges = getattr(dataset, "shard_ranges", None)
+    if shard_ranges is None:
+        raise ConfigError(
+            f"data.order={order}: data.source='{source}' is not stored in shards (wds: and hf: are); "
+            "use data.order=global"
+        )
+    return shard_ranges()
 
 
 def stack_items(dataset: Dataset, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:

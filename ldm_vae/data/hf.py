@@ -10,6 +10,10 @@ Columns: `data.image_column` (default: the first `Image` feature; a binary colum
 string column when named; none: every row is class "."), `data.caption_column` (default: the first string
 column named one of `CAPTION_COLUMNS`). Images are read undecoded (`Image(decode=False)`) and decoded here
 like files, so an undecodable row is replaced and named (`row N`) like a broken file.
+
+Shards: the Arrow files behind the dataset (`save_to_disk(num_shards=...)`, or the cache files
+`load_dataset` wrote), in row order; `encode` hands whole files to each process and `data.order=shards`
+whole runs of them to each reader. A dataset whose rows go through an indices mapping is one shard.
 """
 
 from __future__ import annotations
@@ -110,6 +114,17 @@ def _labels_and_classes(ds: datasets.Dataset, column: str | None) -> tuple[np.nd
     return labels, [str(label) for label in range(int(labels.max()) + 1)]
 
 
+def _file_rows(ds: datasets.Dataset) -> list[int]:
+    """Rows of each Arrow file behind `ds`, in order; [len(ds)] when its rows are not the files' rows."""
+    counts = []
+    for entry in ds.cache_files:
+        with pa.memory_map(entry["filename"]) as source:  # only record batch headers are touched
+            counts.append(sum(batch.num_rows for batch in pa.ipc.open_stream(source)))
+    if ds._indices is not None or sum(counts) != len(ds):
+        return [len(ds)]
+    return counts
+
+
 def _fingerprint(ds: datasets.Dataset, columns: list[str | None]) -> str:
     """Changes when the data files or the columns read change: the Arrow files' paths, sizes and mtimes."""
     files = [entry["filename"] for entry in ds.cache_files]
@@ -160,6 +175,12 @@ class HuggingFaceImages(IndexedImageDataset):
         self.skipped: list[tuple[str, str]] = []  # rows are only found unreadable when read
         self.num_seen = len(ds)
         self.fingerprint = _fingerprint(ds, [image, label, caption])
+        self._file_rows = _file_rows(ds)
+
+    def shard_ranges(self) -> list[range]:
+        """The rows of each Arrow file, in order (see the module docstring)."""
+        bounds = np.cumsum([0, *self._file_rows])
+        return [range(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
     def sample_key(self, i: int) -> str:
         return str(i)

@@ -34,6 +34,9 @@ class Progress:
     samples_seen: int = 0  # global stream position: samples consumed across all processes
     nonfinite_steps: int = 0  # optimizer steps skipped because a loss was not finite
     consecutive_nonfinite: int = 0  # current run of skipped steps
+    # data.order=shards: the stream depends on its readers (processes x workers) and the batch size
+    shard_readers: int = 0  # 0: global order
+    shard_batch_size: int = 0
 
     def state_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -99,6 +102,25 @@ def check_resume_batch(progress: Progress, global_micro_batch: int, resume_from:
             f"train.resume={str(resume_from)!r}: saved at {progress.samples_seen} samples, not a multiple of "
             f"train.batch_size x processes = {global_micro_batch}; resume with the batch size it was run with"
         )
+
+
+def _stream_name(readers: int, batch_size: int) -> str:
+    return (
+        f"data.order=shards with {readers} readers at batch {batch_size}" if readers else "data.order=global"
+    )
+
+
+def check_stream_layout(progress: Progress, shard_readers: int, batch_size: int) -> None:
+    """Record the shard-order stream's layout (0 readers: global order); a resume must keep it."""
+    layout = (shard_readers, batch_size if shard_readers else 0)
+    saved = (progress.shard_readers, progress.shard_batch_size)
+    if progress.samples_seen and saved != layout:
+        raise ConfigError(
+            f"train.resume: the run streamed its data in {_stream_name(*saved)}, now {_stream_name(*layout)} "
+            "(readers = processes x max(1, data.num_workers)); the stream would change, so resume with "
+            "the same order, processes, data.num_workers and train.batch_size"
+        )
+    progress.shard_readers, progress.shard_batch_size = layout
 
 
 class CheckpointManager:

@@ -37,6 +37,7 @@ from ldm_vae.training.checkpoints import (
     CheckpointManager,
     Progress,
     check_resume_batch,
+    check_stream_layout,
     resolve_resume,
 )
 from ldm_vae.training.flops import StepFlops, achieved_tflops, measure_peak_tflops
@@ -103,9 +104,17 @@ class TrainingRun:
         return self.flops.counting(phase)
 
     def stream_loader(
-        self, dataset: Dataset, indices: Sequence[int], seed: int, num_workers: int
+        self,
+        dataset: Dataset,
+        indices: Sequence[int],
+        seed: int,
+        num_workers: int,
+        shards: Sequence[range] | None = None,
     ) -> DataLoader:
-        """This process's slice of the global stream over `indices`, from where the run stands."""
+        """This process's slice of the global stream over `indices`, from where the run stands; in shard
+        order with `shards` (the source's shard ranges), whose layout a resume must keep."""
+        readers = self.accelerator.num_processes * max(1, num_workers) if shards is not None else 0
+        check_stream_layout(self.progress, readers, self.train.batch_size)
         return stream_loader(
             dataset,
             indices,
@@ -115,6 +124,7 @@ class TrainingRun:
             seed,
             self.progress.samples_seen,
             num_workers,
+            shards,
         )
 
     @contextmanager
