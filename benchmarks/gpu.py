@@ -561,6 +561,11 @@ def markdown(report: dict) -> str:
         f"| sample (DDIM, {report['sizes']['sample_steps']} steps) | {sampling.get('dtype', '-')} | "
         f"{sampling.get('batch_size', '-')} | {rate or sampling.get('skipped') or sampling.get('error')} |"
     )
+    lines += [
+        "",
+        "TFLOP/s and MFU count the FLOPs torch dispatches: with gradient checkpointing that includes the "
+        "recomputed forward, so compare that setting by samples/s and memory.",
+    ]
     if report.get("skipped"):
         lines += ["", "Not measured:", "", *(f"- {line}" for line in report["skipped"])]
     return "\n".join(lines) + "\n"
