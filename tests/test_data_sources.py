@@ -595,6 +595,20 @@ def encode_source(kind: str, folder: Path) -> tuple[str, str]:
     return f"hf:{folder}", "row 36"
 
 
+@pytest.mark.parametrize("kind", ["wds", "hf"])
+def test_eval_ae_reads_shards_and_datasets_and_names_what_did_not_decode(kl_model, tmp_path, kind):
+    from ldm_vae.train.cli import main
+
+    data, bad_name = encode_source(kind, tmp_path / "data")
+    missing = [f"--{name}={tmp_path / 'missing.pth'}" for name in ("inception", "lpips-vgg16", "lpips-heads")]
+    out = tmp_path / "eval"
+    arguments = ["eval-ae", f"--model={kl_model}", f"--data={data}", "--num-workers=0", f"--out={out}"]
+    assert main([*arguments, "--resolution=16", *missing]) == 0
+    report = json.loads((out / "eval.json").read_text())
+    assert report["images"] == 37 and report["data"] == data
+    assert report["skipped_files"] == [[bad_name, "not a readable image"]]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["wds", "hf"])
 def test_encode_resumes_after_sigkill_and_two_processes_match_one(kl_model, tmp_path, kind):
@@ -625,8 +639,9 @@ def test_encode_resumes_after_sigkill_and_two_processes_match_one(kl_model, tmp_
 TRAIN_STEPS = ["train.max_steps=12", "train.checkpoint_every_steps=2", "train.image_every_steps=1000"]
 
 
-def tiny_source(kind: str, folder: Path) -> str:
-    """40 shapes as PNGs of 20 px in a wds: or an hf: source: the same pixels either way."""
+def tiny_source(kind: str, folder: Path) -> tuple[str, str]:
+    """40 shapes as PNGs of 20 px in a wds: (4 shards) or an hf: source, the same pixels either way, the
+    last one not decodable; returns the source and the name the bad sample is reported by."""
     shapes = ShapesDataset(40, 20, seed=0)
     encoded = []
     for i in range(40):
@@ -634,6 +649,7 @@ def tiny_source(kind: str, folder: Path) -> str:
         buffer = io.BytesIO()
         Image.fromarray(pixels).save(buffer, format="PNG")
         encoded.append((buffer.getvalue(), shapes[i][1]))
+    encoded[-1] = (b"garbage", encoded[-1][1])
     if kind == "wds":
         folder.mkdir(parents=True)
         for s in range(4):
@@ -645,11 +661,11 @@ def tiny_source(kind: str, folder: Path) -> str:
                     for i, (png, label) in enumerate(part)
                 ],
             )
-        return f"wds:{folder}/part-{{0..3}}.tar"
+        return f"wds:{folder}/part-{{0..3}}.tar", "part-3.tar:009"
     rows = {"image": [png for png, _ in encoded], "label": [label for _, label in encoded]}
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=SHAPE_KINDS)})
     datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(folder))
-    return f"hf:{folder}"
+    return f"hf:{folder}", "row 39"
 
 
 @pytest.mark.slow
@@ -659,7 +675,7 @@ def test_train_ae_killed_and_resumed_ends_bit_identical(tmp_path, kind, order):
     from ldm_vae.train.autoencoder import train
     from ldm_vae.training.checkpoints import list_checkpoints
 
-    source = tiny_source(kind, tmp_path / "data")
+    source, bad_name = tiny_source(kind, tmp_path / "data")
     workers = 2 if order == "shards" else 1
     settings = [f"data.source={source}", f"data.num_workers={workers}", f"data.order={order}", *TRAIN_STEPS]
     uninterrupted = train(tiny_config(tmp_path / "a", *settings))
@@ -678,6 +694,9 @@ def test_train_ae_killed_and_resumed_ends_bit_identical(tmp_path, kind, order):
         a = load_file(list_checkpoints(uninterrupted)[-1] / f"{name}.safetensors")
         b = load_file(list_checkpoints(interrupted)[-1] / f"{name}.safetensors")
         assert all(torch.equal(a[key], b[key]) for key in a), f"{name}: resumed weights differ"
+    for run in (uninterrupted, interrupted):  # replaced the same way in every run, named in metrics.json
+        skipped = json.loads((run / "metrics.json").read_text())["skipped_files"]
+        assert skipped == [[bad_name, "not a readable image"]]
 
 
 def test_held_out_split_of_an_indexed_source_is_cached_with_its_index(tmp_path, monkeypatch):

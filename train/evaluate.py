@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from ldm_vae.config import add_image_data_options, bounded_option
-from ldm_vae.data import build_dataset, source_columns
+from ldm_vae.data import IndexedImageDataset, build_dataset, read_skips, source_columns
 from ldm_vae.errors import ConfigError
 from ldm_vae.latents.writer import write_json_atomic
 from ldm_vae.losses.perceptual import (
@@ -257,6 +257,10 @@ def evaluate(args: argparse.Namespace) -> dict[str, object]:
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(args.seed))
     subset = Subset(dataset, sorted(order[:count].tolist()))
     out = Path(args.out) if args.out else default_out_dir(args.model)
+    skip_log = out / "skipped.jsonl"  # samples replaced because they did not decode, in this evaluation
+    skip_log.unlink(missing_ok=True)
+    if isinstance(dataset, IndexedImageDataset):
+        dataset.record_skips_to(skip_log)
     lpips, fid, skipped = load_weighted_metrics(args, device)
 
     report = {
@@ -268,7 +272,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, object]:
         "images": count,
         **measure(model, subset, args.batch_size, args.num_workers, lpips, fid),
         "skipped": skipped,
-        "skipped_files": [list(item) for item in getattr(dataset, "skipped", [])],
+        # left out when indexing, then replaced when read (named once each)
+        "skipped_files": [list(item) for item in [*getattr(dataset, "skipped", []), *read_skips(skip_log)]],
     }
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "eval.json", report)
