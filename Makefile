@@ -6,7 +6,7 @@ TORCH  ?= torch==2.14.1 torchvision==0.29.1
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast test-gpu bench bench-gpu lint clean
+.PHONY: demo demo-text test test-fast test-gpu bench bench-gpu lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)  # the whole chain from nothing; `ldm-vae demo` alone resumes an interrupted one instead
 	rm -rf runs/demo
 	$(BIN)/ldm-vae demo --run-dir runs/demo
+
+demo-text: $(STAMP)  # text-to-image on builtin:shapes-text, saved as a stock StableDiffusionPipeline
+	rm -rf runs/demo-text
+	$(BIN)/ldm-vae demo --text --run-dir runs/demo-text
 
 test: $(STAMP)  # everything, slow tests included (the README's and CI's test command)
 	$(BIN)/python -m pytest -q

@@ -18,6 +18,7 @@ Stream names in use (one per independent kind of draw):
   pack_order       the shuffle of an image folder's samples across the shards `ldm-vae pack` writes
   export_statistics  the posterior draws that measure an exported autoencoder's scaling_factor
   equivariance     the EQ-VAE scale/rotation of autoencoder training step p (position = step)
+  judge_images     the named-colour shapes the factor judge trains on (position 0) and is scored on (1)
 """
 
 from __future__ import annotations

@@ -7,8 +7,10 @@ the demo and the benchmarks all sample the same way.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypeVar
 
 import torch
+from diffusers import DiffusionPipeline
 from torch import Tensor
 
 from ldm_vae.config import SampleConfig
@@ -18,6 +20,7 @@ from ldm_vae.models.unet import sampling_scheduler
 from ldm_vae.pipelines.latent_diffusion import LatentDiffusionPipeline
 
 UNCONDITIONAL_ROWS = 8
+P = TypeVar("P", bound=DiffusionPipeline)
 
 
 def with_scheduler(pipe: LatentDiffusionPipeline, name: str) -> LatentDiffusionPipeline:
@@ -64,12 +67,16 @@ def sample_by_class(
     return torch.cat(images).unflatten(0, (len(rows), per_class))
 
 
-def load_pipeline(folder: str, key: str = "--pipeline") -> LatentDiffusionPipeline:
+def load_pipeline(
+    folder: str, key: str = "--pipeline", pipeline_class: type[P] = LatentDiffusionPipeline
+) -> P:
+    """A saved pipeline of `pipeline_class` (a text run saves a StableDiffusionPipeline), on the GPU if
+    there is one, its progress bar off."""
     if not (Path(folder) / "model_index.json").is_file():
         raise ConfigError(
             f"{key}={folder!r}: not a saved pipeline (no model_index.json); see train-ldm's run_dir"
         )
-    pipe = LatentDiffusionPipeline.from_pretrained(folder)
+    pipe = pipeline_class.from_pretrained(folder)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to("cuda" if torch.cuda.is_available() else "cpu")
 

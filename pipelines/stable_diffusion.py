@@ -20,6 +20,7 @@ from diffusers import AutoencoderKL, SchedulerMixin, StableDiffusionPipeline, UN
 from transformers import CLIPTextModel, PreTrainedTokenizerBase
 
 from ldm_vae.errors import ConfigError
+from ldm_vae.metrics.classifier import FactorClassifier, factor_hits
 from ldm_vae.models.text import write_bpe_files
 
 
@@ -102,3 +103,22 @@ def sample_by_prompt(
         )
         images.append(output.images.cpu())
     return torch.cat(images).unflatten(0, (len(prompts), per_prompt))
+
+
+@torch.no_grad()
+def judge_prompts(
+    pipe: StableDiffusionPipeline,
+    classifier: FactorClassifier,
+    prompts: list[str],
+    factors: torch.Tensor,
+    per_prompt: int,
+    num_inference_steps: int,
+    guidance_scale: float,
+    seed: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`sample_by_prompt`'s samples (p, per_prompt, 3, H, W) in [0, 1], and whether the factor judge finds
+    in each the factors (p, k) its prompt asks for: hits (p, per_prompt, k) bool."""
+    grid = sample_by_prompt(pipe, prompts, per_prompt, num_inference_steps, guidance_scale, seed)
+    wanted = factors.repeat_interleave(per_prompt, dim=0)  # (p * per_prompt, k)
+    hits = factor_hits(classifier, grid.flatten(0, 1) * 2 - 1, wanted)
+    return grid, hits.unflatten(0, (len(prompts), per_prompt))

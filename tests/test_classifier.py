@@ -1,7 +1,9 @@
-"""Tests for ldm_vae.metrics.classifier: Fréchet distance closed forms, training, accuracy, save/load."""
+"""Tests for ldm_vae.metrics.classifier: Fréchet distance closed forms, training, accuracy, save/load, and
+the factor heads."""
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ldm_vae.metrics import (
@@ -12,6 +14,7 @@ from ldm_vae.metrics import (
     save_classifier,
     train_classifier,
 )
+from ldm_vae.metrics.classifier import FactorClassifier, factor_hits, train_factor_classifier
 
 
 def _features(n: int = 256, d: int = 8, seed: int = 0) -> torch.Tensor:
@@ -89,3 +92,29 @@ def test_save_and_load_round_trip(tmp_path):
     loaded = load_classifier(tmp_path / "classifier.safetensors")
     x = torch.rand(2, 3, 16, 16) * 2 - 1
     assert (loaded.num_classes, loaded.width) == (3, 8) and torch.equal(loaded(x), classifier(x))
+
+
+def test_factor_classifier_has_a_head_per_factor_and_sums_their_losses():
+    classifier = FactorClassifier((6, 4), width=8)
+    logits = torch.tensor([[0.0, 0, 0, 0, 0, 5, 1, 0, 0, 0], [9.0, 0, 0, 0, 0, 0, 0, 0, 0, 7]])
+    labels = torch.tensor([[5, 0], [1, 3]])
+    expected = F.cross_entropy(logits[:, :6], labels[:, 0]) + F.cross_entropy(logits[:, 6:], labels[:, 1])
+    torch.testing.assert_close(classifier.loss(logits, labels), expected)
+    x = torch.rand(3, 3, 16, 16) * 2 - 1
+    predicted = classifier.predict(x)
+    assert predicted.shape == (3, 2) and (predicted[:, 0] < 6).all() and (predicted[:, 1] < 4).all()
+    hits = factor_hits(classifier, x, predicted)
+    assert hits.shape == (3, 2) and hits.all()
+    assert not factor_hits(classifier, x, (predicted + 1) % torch.tensor([6, 4])).any()
+
+
+def test_factor_classifier_learns_two_independent_factors():
+    """Factor 0: a dark or a bright image; factor 1: smooth or noisy (both survive flips and pooling)."""
+    n = 128
+    factors = torch.stack([torch.arange(n) % 2, torch.arange(n) // 2 % 2], dim=1)  # every combination
+    level = (factors[:, 0].float() - 0.5).view(n, 1, 1, 1)  # -0.5 or +0.5
+    noise = 0.4 * torch.randn(n, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    images = (level + factors[:, 1].view(n, 1, 1, 1) * noise).clamp(-1, 1)
+    classifier = train_factor_classifier(images, factors, (2, 2), steps=20, batch_size=16, seed=0, lr=3e-3)
+    assert factor_hits(classifier, images, factors).float().mean(dim=0).min() >= 0.9
+    assert factor_hits(classifier, images, 1 - factors).float().mean(dim=0).max() <= 0.1

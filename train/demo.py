@@ -1,4 +1,5 @@
-"""The whole chain in one command: `ldm-vae demo [--data SOURCE] [--run-dir runs/demo]`.
+"""The whole chain in one command: `ldm-vae demo [--data SOURCE] [--run-dir runs/demo]`, or for
+text-to-image `ldm-vae demo --text [--run-dir runs/demo-text]`.
 
 1. `train-ae kl-tiny`: a KL-VAE (f4, 4 channels) on 32 px images, exported with its measured scale.
 2. `encode`: every image to posterior moments, in checksummed shards with exact scaling statistics.
@@ -7,6 +8,11 @@
    and a Fréchet distance of its features against held-out real images), and, as their ceiling, the
    autoencoder's reconstructions of the held-out images.
 5. `report.md`: every figure, the reconstruction grid and the sample grid by class.
+
+`--text` runs the same chain on `builtin:shapes-text` (named colours; four colour-shape pairs never drawn)
+with `train-ldm ldm-text-tiny`, a UNet cross-attending to a CLIP text encoder, saved as a stock
+StableDiffusionPipeline; a judge with a shape head and a colour head then checks samples against their
+prompts, for prompts of seen and of never-seen (held-out) pairs: compositional generalisation.
 
 The data (`--data`, default the built-in shapes; any labelled source `train-ae` reads) is named once and
 used by every stage. Overrides that would make the stages disagree (a second data source, moved stage
@@ -22,9 +28,11 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from diffusers import StableDiffusionPipeline
 
 from ldm_vae.config import (
     AutoencoderTrainConfig,
@@ -34,34 +42,76 @@ from ldm_vae.config import (
     load_config,
 )
 from ldm_vae.data import build_dataset
+from ldm_vae.data.shapes import HELD_OUT_COMBINATIONS, SHAPE_KINDS
 from ldm_vae.errors import ConfigError
-from ldm_vae.metrics.judge import CLASSIFIER_STEPS, judge_reconstructions, train_judge
+from ldm_vae.metrics.classifier import factor_hits
+from ldm_vae.metrics.judge import (
+    CLASSIFIER_STEPS,
+    PROMPT_TEMPLATE,
+    attribute_accuracy,
+    is_unseen,
+    judge_reconstructions,
+    pair_factors,
+    pair_prompts,
+    reconstruct,
+    train_factor_judge,
+    train_judge,
+)
 from ldm_vae.pipelines.sampling import load_pipeline, score_pipeline
+from ldm_vae.pipelines.stable_diffusion import judge_prompts
+from ldm_vae.training.demo_report import write_report, write_text_report
 from ldm_vae.training.stages import run_stage
+from ldm_vae.viz import save_class_grid
 
-SAMPLES_PER_CLASS = 32  # class-conditional samples scored per class
 DEMO_AE_KEYS = ("run_dir",)  # set by the demo; data.source comes from --data
 DEMO_LDM_KEYS = ("run_dir", "data.latents", "data.autoencoder")
 
 
+@dataclass(frozen=True)
+class DemoKind:
+    """What the class and the text demo differ in; everything else is one chain."""
+
+    ldm_preset: str  # train-ldm's preset (train-ae's is kl-tiny for both)
+    data: str  # the data source of every stage
+    run_dir: str  # default --run-dir
+    conditioning: str  # what the LDM preset must condition on
+    samples_per_row: int  # scored samples per class or per prompt
+    scored_by: str  # for the one-line refusal of another conditioning
+
+
+CLASS_DEMO = DemoKind("ldm-tiny", "builtin:shapes", "runs/demo", "class", 32, "class")
+TEXT_DEMO = DemoKind("ldm-text-tiny", "builtin:shapes-text", "runs/demo-text", "text", 8, "prompt")
+TEXT_GUIDANCE_SCALES = (1.0,)  # scored besides the preset's sample.guidance_scale
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run-dir", default="runs/demo", help="everything goes here (stages in subfolders)")
+    parser.add_argument(
+        "--text",
+        action="store_true",
+        help="text-to-image on builtin:shapes-text with ldm-text-tiny, scored prompt by prompt",
+    )
+    parser.add_argument(
+        "--run-dir", help="everything goes here (stages in subfolders); default runs/demo, runs/demo-text"
+    )
     parser.add_argument(
         "--data",
-        default="builtin:shapes",
-        help="labelled data for every stage: builtin:NAME or an image folder",
+        help="labelled data for every stage: builtin:NAME or an image folder (default builtin:shapes)",
     )
     parser.add_argument(
         "--ae", action="append", default=[], metavar="KEY=VALUE", help="override for train-ae kl-tiny"
     )
     parser.add_argument(
-        "--ldm", action="append", default=[], metavar="KEY=VALUE", help="override for train-ldm ldm-tiny"
+        "--ldm",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override for train-ldm ldm-tiny (--text: ldm-text-tiny)",
     )
     parser.add_argument(
         "--samples-per-class",
         type=bounded_option(int, ge=2),
-        default=SAMPLES_PER_CLASS,
-        help="samples scored per class",
+        help=f"samples scored per class (default {CLASS_DEMO.samples_per_row}) or, with --text, per "
+        f"prompt (default {TEXT_DEMO.samples_per_row})",
     )
     parser.add_argument(
         "--classifier-steps",
@@ -69,6 +119,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=CLASSIFIER_STEPS,
         help="training steps of the judging classifier",
     )
+
+
+def demo_kind(args: argparse.Namespace) -> DemoKind:
+    """The class or the text demo, with `args.data`, `args.run_dir` and `args.samples_per_class` filled in."""
+    kind = TEXT_DEMO if args.text else CLASS_DEMO
+    if args.text and args.data not in (None, kind.data):
+        raise ConfigError(
+            f"--data {args.data}: the text demo's judge checks the colour and shape each prompt names, which "
+            f"only {kind.data} draws by name; drop --data"
+        )
+    args.data = args.data or kind.data
+    args.run_dir = args.run_dir or kind.run_dir
+    args.samples_per_class = args.samples_per_class or kind.samples_per_row
+    return kind
 
 
 def refuse_stage_overrides(args: argparse.Namespace) -> None:
@@ -84,7 +148,9 @@ def refuse_stage_overrides(args: argparse.Namespace) -> None:
                 raise ConfigError(f"{flag} {item}: the demo sets {key} itself (stages live under --run-dir)")
 
 
-def check_stages_agree(ae_cfg: AutoencoderTrainConfig, ldm_cfg: LDMTrainConfig, ae_dir: Path) -> int:
+def check_stages_agree(
+    ae_cfg: AutoencoderTrainConfig, ldm_cfg: LDMTrainConfig, ae_dir: Path, kind: DemoKind
+) -> int:
     """Refuse, before any work, a chain whose stages cannot fit together; returns the data's class count."""
     data, model = ae_cfg.data, ldm_cfg.model
     side = data.resolution_px // downsampling_factor(ae_cfg.model)  # latent height = width
@@ -102,8 +168,10 @@ def check_stages_agree(ae_cfg: AutoencoderTrainConfig, ldm_cfg: LDMTrainConfig, 
             f"--ldm model.block_out_channels={model.block_out_channels}: {len(model.block_out_channels)} "
             f"levels do not divide the {side}x{side} latents; use fewer levels"
         )
-    if model.conditioning != "class":
-        raise ConfigError(f"--ldm model.conditioning={model.conditioning}: the demo scores samples by class")
+    if model.conditioning != kind.conditioning:
+        raise ConfigError(
+            f"--ldm model.conditioning={model.conditioning}: the demo scores samples by {kind.scored_by}"
+        )
     saved = ae_dir / "config.yaml"  # a rerun continues the same data; it must not mix two sources
     if saved.is_file():
         before = load_config(AutoencoderTrainConfig, str(saved)).data
@@ -141,77 +209,68 @@ def score_samples(
     }
 
 
-def write_report(run_dir: Path, figures: dict, commands: list[str]) -> None:
-    ae, encode, ldm, scores = figures["autoencoder"], figures["encode"], figures["ldm"], figures["samples"]
-    held = ae["held_out"]
-    guided = [key for key in scores if key.startswith("guidance_")]
-    lines = [
-        "# ldm-vae demo report",
-        "",
-        f"Data `{figures['data']['source']}`: {figures['data']['resolution_px']} px, "
-        f"{figures['data']['classes']} classes; {figures['machine']}. "
-        f"Total wall time {figures['seconds']['total'] / 60:.1f} min.",
-        "",
-        "| stage | figure | value |",
-        "|---|---|---|",
-        f"| autoencoder (kl-tiny, f4, {held['latent_shape']}) | held-out PSNR / bicubic floor | "
-        f"{held['psnr_db']:.2f} dB / {held['bicubic_psnr_db']:.2f} dB |",
-        f"| | held-out SSIM | {held['ssim']:.3f} |",
-        f"| | active latent channels | {held['active_channels']} of {held['latent_shape'][0]} |",
-        f"| | export reloads bit-identical | {ae['export']['outputs_bit_identical']} |",
-        f"| encode | latents, scaling_factor (exact moments) | {encode['num_samples']}, "
-        f"{encode['scaling']['scaling_factor']:.4f} |",
-        f"| latent diffusion (ldm-tiny) | steps, final loss | {ldm['step']}, {ldm['final_loss']:.4f} |",
-        f"| | UNet parameters | {ldm['unet_parameters'] / 1e6:.2f} M |",
-        f"| | saved pipeline samples identically | {ldm['reload_max_abs_diff'] == 0} |",
-        f"| samples | classifier accuracy on real held-out images | "
-        f"{scores['classifier_real_held_out_accuracy']:.3f} |",
-        "| | autoencoder reconstructions of them (the ceiling): class accuracy / feature Fréchet distance | "
-        f"{scores['reconstructions']['accuracy']:.3f} / {scores['reconstructions']['frechet_vs_real']:.2f} |",
-        *(
-            f"| | guidance {key.removeprefix('guidance_')}: class accuracy / feature Fréchet distance | "
-            f"{scores[key]['accuracy']:.3f} / {scores[key]['frechet_vs_real']:.2f} |"
-            for key in guided
-        ),
-        f"| | feature Fréchet distance, real vs real (floor) | {scores['real_vs_real_frechet']:.2f} |",
-        "",
-        "Wall time per stage (s): "
-        + ", ".join(
-            f"{name} {'(earlier run)' if value is None else f'{value:.0f}'}"
-            for name, value in figures["seconds"].items()
-        ),
-        "",
-        "## Reconstructions (originals above, EMA reconstructions below)",
-        "",
-        "![reconstructions](autoencoder/reconstructions.png)",
-        "",
-        "## Samples by class",
-        "",
-        "![samples](ldm/samples.png)",
-        "",
-        "## Loss curves",
-        "",
-        "![autoencoder](autoencoder/loss_curves.png) ![ldm](ldm/loss_curves.png)",
-        "",
-        "## Commands",
-        "",
-        "```",
-        *commands,
-        "```",
-        "",
-    ]
-    (run_dir / "report.md").write_text("\n".join(lines))
+def showcase_pairs() -> list[tuple[str, str]]:
+    """The (colour, shape) rows of the text demo's picture: every held-out pair, then as many seen pairs
+    made of the same words (each held-out colour with the next held-out pair's shape)."""
+    held = list(HELD_OUT_COMBINATIONS)
+    return held + [(colour, held[(i + 1) % len(held)][1]) for i, (colour, _) in enumerate(held)]
+
+
+def score_text_samples(
+    run_dir: Path,
+    ae_cfg: AutoencoderTrainConfig,
+    ldm_cfg: LDMTrainConfig,
+    per_prompt: int,
+    classifier_steps: int,
+) -> dict:
+    """Attribute accuracy (shape, colour, both; seen and unseen pairs apart) of `per_prompt` samples for
+    every colour-shape prompt, at guidance 1 and the preset's; of real images (the judge's own accuracy) and
+    of their reconstructions by the demo's autoencoder (the samples' ceiling). Writes prompt_samples.png."""
+    sample, seed = ldm_cfg.sample, ae_cfg.seed + 1
+    classifier, real, real_factors, real_scores = train_factor_judge(
+        ae_cfg.data.resolution_px, ae_cfg.seed, classifier_steps
+    )
+    pipe = load_pipeline(str(run_dir / "ldm" / "pipeline"), pipeline_class=StableDiffusionPipeline)
+    reconstructed = factor_hits(classifier, reconstruct(pipe.vae, real), real_factors)
+    prompts, wanted = pair_prompts()  # (p,) prompts, factors (p, 2)
+    scores = {
+        "prompt_template": PROMPT_TEMPLATE,
+        "samples_per_prompt": per_prompt,
+        "real": real_scores,
+        "reconstructions": attribute_accuracy(reconstructed, real_factors),
+    }
+    for guidance in sorted({*TEXT_GUIDANCE_SCALES, sample.guidance_scale}):
+        steps = sample.num_inference_steps
+        grid, hits = judge_prompts(pipe, classifier, prompts, wanted, per_prompt, steps, guidance, seed)
+        # grid (p, per_prompt, 3, R, R) in [0, 1], hits (p, per_prompt, 2)
+        per_sample = wanted.repeat_interleave(per_prompt, dim=0)  # (p * per_prompt, 2)
+        scores[f"guidance_{guidance:g}"] = attribute_accuracy(hits.flatten(0, 1), per_sample)
+        if guidance == sample.guidance_scale:
+            both = hits.all(dim=2).float().mean(dim=1).tolist()  # (p,)
+            scores["both_by_prompt"] = dict(zip(prompts, both, strict=True))
+            save_prompt_grid(grid, prompts, run_dir / "prompt_samples.png")
+    return scores
+
+
+def save_prompt_grid(grid: torch.Tensor, prompts: list[str], path: Path) -> None:
+    """The rows of `showcase_pairs` from a grid (p, n, 3, R, R) of `pair_prompts`' prompts, labelled."""
+    showcase = pair_factors(showcase_pairs())  # (rows, 2) = (shape, colour)
+    rows = (showcase[:, 1] * len(SHAPE_KINDS) + showcase[:, 0]).tolist()  # pair_prompts is colour-major
+    unseen = is_unseen(showcase).tolist()
+    names = [prompts[r] + (" (unseen)" if held else "") for r, held in zip(rows, unseen, strict=True)]
+    save_class_grid(grid[rows], path, names)
 
 
 def demo(args: argparse.Namespace) -> Path:
+    kind = demo_kind(args)
     run_dir = Path(args.run_dir)
     ae_dir, latents, ldm_dir = run_dir / "autoencoder", run_dir / "latents", run_dir / "ldm"
     refuse_stage_overrides(args)
     ae_overrides = [f"run_dir={ae_dir}", f"data.source={args.data}", *args.ae]
     ldm_overrides = [f"run_dir={ldm_dir}", f"data.latents={latents}", *args.ldm]
     ae_cfg = load_config(AutoencoderTrainConfig, "kl-tiny", ae_overrides)  # bad overrides fail here, early
-    ldm_cfg = load_config(LDMTrainConfig, "ldm-tiny", ldm_overrides)
-    num_classes = check_stages_agree(ae_cfg, ldm_cfg, ae_dir)
+    ldm_cfg = load_config(LDMTrainConfig, kind.ldm_preset, ldm_overrides)
+    num_classes = check_stages_agree(ae_cfg, ldm_cfg, ae_dir, kind)
     run_dir.mkdir(parents=True, exist_ok=True)
 
     commands: list[str] = []
@@ -236,7 +295,7 @@ def demo(args: argparse.Namespace) -> Path:
     )  # a finished store verifies and returns
     seconds["latent diffusion"] = run_stage(
         "3/4 latent diffusion",
-        ["train-ldm", "ldm-tiny", *ldm_overrides, "train.resume=latest"],
+        ["train-ldm", kind.ldm_preset, *ldm_overrides, "train.resume=latest"],
         commands,
         done=(ldm_dir / "report.json").is_file(),
     )
@@ -245,7 +304,8 @@ def demo(args: argparse.Namespace) -> Path:
         flush=True,
     )
     stage_start = time.perf_counter()
-    scores = score_samples(run_dir, ae_cfg, ldm_cfg, args.samples_per_class, args.classifier_steps)
+    score = score_text_samples if args.text else score_samples
+    scores = score(run_dir, ae_cfg, ldm_cfg, args.samples_per_class, args.classifier_steps)
     seconds["scoring"] = time.perf_counter() - stage_start
     seconds["total"] = time.perf_counter() - start
 
@@ -254,6 +314,7 @@ def demo(args: argparse.Namespace) -> Path:
         if not torch.cuda.is_available()
         else torch.cuda.get_device_name(),
         "data": {"source": args.data, "resolution_px": ae_cfg.data.resolution_px, "classes": num_classes},
+        "presets": {"autoencoder": "kl-tiny", "ldm": kind.ldm_preset},
         "autoencoder": json.loads((ae_dir / "metrics.json").read_text()),
         "encode": {
             key: value
@@ -265,7 +326,7 @@ def demo(args: argparse.Namespace) -> Path:
         "seconds": seconds,
     }
     (run_dir / "demo.json").write_text(json.dumps(figures, indent=2))
-    write_report(run_dir, figures, commands)
+    (write_text_report if args.text else write_report)(run_dir, figures, commands)
     print(f"\ndemo finished in {seconds['total'] / 60:.1f} min: {run_dir / 'report.md'}")
     return run_dir
 

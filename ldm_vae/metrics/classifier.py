@@ -6,13 +6,20 @@ here the classifier is trained on real data and tested on samples). The Fréchet
 fitted to its penultimate features is FID's formula (Heusel et al., NeurIPS 2017, Eq. 6) with a network
 that knows the data, so it works at 16-32 px, trains in seconds on a CPU and needs no downloaded weights.
 Its values compare only with others from the same classifier and at the same sample counts.
+
+For text-to-image, `FactorClassifier` has one classifier per factor a prompt names (shape, colour), so each
+attribute of a prompt is checked on its own, as in the attribute-binding scores of compositional
+text-to-image benchmarks (e.g. T2I-CompBench, Huang et al. 2023), here with a judge that knows the data.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import os
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +31,7 @@ from torch.utils.data import Dataset
 from ldm_vae.data import stack_items
 
 MIN_RESOLUTION_PX = 16  # three stride-2 convolutions leave at least 2x2 positions to pool
+C = TypeVar("C", bound=nn.Module)  # a classifier with a `loss(logits, labels)`
 
 
 def _norm_act_conv(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
@@ -79,6 +87,36 @@ class SampleClassifier(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))  # (b, num_classes)
 
+    def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """Cross-entropy of logits (b, num_classes) against labels (b,): what `fit_classifier` minimises."""
+        return F.cross_entropy(logits, labels)
+
+
+class FactorClassifier(nn.Module):
+    """One SampleClassifier per generative factor (e.g. shape and colour), their logits side by side.
+
+    The logits (b, sum(factor_sizes)): factor j's are the j-th slice. A prompt naming a shape and a colour
+    is followed when both agree with it. The bodies are separate: trained on one shared body, the easy
+    colour head starved the shape head (shape accuracy 0.43 on real 32 px images against 0.92 alone).
+    """
+
+    def __init__(self, factor_sizes: Sequence[int], width: int = 16) -> None:
+        super().__init__()
+        self.factor_sizes = tuple(factor_sizes)
+        self.heads = nn.ModuleList(SampleClassifier(size, width) for size in self.factor_sizes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([head(x) for head in self.heads], dim=1)  # (b, sum(factor_sizes))
+
+    def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """Summed cross-entropy of each factor's logits against its column of labels (b, k)."""
+        split = logits.split(self.factor_sizes, dim=1)
+        return sum(F.cross_entropy(logit, labels[:, j]) for j, logit in enumerate(split))
+
+    def predict(self, x: Tensor) -> Tensor:
+        """Each factor's arg-max for images (b, 3, R, R) in [-1, 1]: (b, k), column j in [0, sizes[j])."""
+        return torch.stack([head(x).argmax(dim=1) for head in self.heads], dim=1)
+
 
 def train_classifier(
     dataset: Dataset,
@@ -89,23 +127,54 @@ def train_classifier(
     seed: int = 0,
     lr: float = 2e-3,
 ) -> SampleClassifier:
-    """A SampleClassifier trained on `dataset[i]` = (image in [-1, 1], label), i in `indices`; in eval mode.
+    """A SampleClassifier trained on `dataset[i]` = (image in [-1, 1], label), i in `indices`, by
+    `fit_classifier`; in eval mode."""
+    images, labels = stack_items(dataset, indices)  # (n, 3, R, R) in [-1, 1], (n,)
+    build = functools.partial(SampleClassifier, num_classes)
+    return fit_classifier(build, images, labels, steps, batch_size, seed, lr)
+
+
+def train_factor_classifier(
+    images: Tensor,
+    factors: Tensor,
+    factor_sizes: Sequence[int],
+    steps: int = 600,
+    batch_size: int = 64,
+    seed: int = 0,
+    lr: float = 2e-3,
+) -> FactorClassifier:
+    """A FactorClassifier trained on images (n, 3, R, R) in [-1, 1] and their factors (n, k) (column j in
+    [0, factor_sizes[j])), by `fit_classifier`; in eval mode."""
+    assert factors.shape == (len(images), len(factor_sizes)), f"factors {tuple(factors.shape)}"
+    build = functools.partial(FactorClassifier, factor_sizes)
+    return fit_classifier(build, images, factors, steps, batch_size, seed, lr)
+
+
+def fit_classifier(
+    build: Callable[[], C],
+    images: Tensor,
+    labels: Tensor,
+    steps: int,
+    batch_size: int,
+    seed: int,
+    lr: float,
+) -> C:
+    """`build()` under torch seed `seed`, trained on images (n, 3, R, R) with `classifier.loss`; in eval mode.
 
     AdamW with a cosine decay to 0 and random flips. Deterministic given `seed` (on a fixed thread count),
     and it leaves the global torch RNG untouched.
     """
-    images, labels = stack_items(dataset, indices)  # (n, 3, R, R) in [-1, 1], (n,)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        classifier = SampleClassifier(num_classes)
+        classifier = build()
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(classifier.parameters(), lr=lr, weight_decay=1e-4)
     classifier.train()
     for step in range(steps):
         for group in optimizer.param_groups:
             group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
-        batch = torch.randint(len(indices), (batch_size,), generator=generator)
-        loss = F.cross_entropy(classifier(_random_flips(images[batch], generator)), labels[batch])
+        batch = torch.randint(len(images), (batch_size,), generator=generator)
+        loss = classifier.loss(classifier(_random_flips(images[batch], generator)), labels[batch])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -118,6 +187,16 @@ def accuracy(classifier: nn.Module, images: Tensor, labels: Tensor, batch_size: 
     assert len(images) == len(labels) > 0, f"{len(images)} images but {len(labels)} labels"
     predicted = torch.cat([classifier(chunk).argmax(dim=1) for chunk in images.split(batch_size)])
     return (predicted == labels.to(predicted.device)).float().mean().item()
+
+
+@torch.no_grad()
+def factor_hits(
+    classifier: FactorClassifier, images: Tensor, factors: Tensor, batch_size: int = 256
+) -> Tensor:
+    """(b, k) bool: whether head j of `classifier` finds factor j of `factors` (b, k) in the images."""
+    assert len(images) == len(factors) > 0, f"{len(images)} images but {len(factors)} factor rows"
+    predicted = torch.cat([classifier.predict(chunk) for chunk in images.split(batch_size)])
+    return predicted == factors.to(predicted.device)
 
 
 @torch.no_grad()

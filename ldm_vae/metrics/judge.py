@@ -1,4 +1,11 @@
-"""The judge of generated samples: a small classifier trained on the real images of the same source."""
+"""The judges of generated samples, small classifiers trained on real images of the same source.
+
+Class-conditional samples: the class judge (`train_judge`), trained on the autoencoder's own data.
+Text-to-image on `builtin:shapes-text`: the factor judge (`train_factor_judge`), with a shape head and a
+colour head, trained on named-colour shapes of every colour-shape pair, the held-out ones included: it is
+the measuring instrument, not the model, so it must know a red triangle when it sees one, and its accuracy
+on real images of seen and of unseen pairs is reported next to the samples'.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +16,26 @@ from torch.utils.data import Dataset
 
 from ldm_vae.config import AutoencoderTrainConfig
 from ldm_vae.data import build_dataset, stack_items, train_held_out_split
-from ldm_vae.metrics.classifier import SampleClassifier, accuracy, frechet_distance, judge, train_classifier
+from ldm_vae.data.shapes import HELD_OUT_COMBINATIONS, NAMED_COLOURS, SHAPE_KINDS, ShapesDataset
+from ldm_vae.metrics.classifier import (
+    FactorClassifier,
+    SampleClassifier,
+    accuracy,
+    factor_hits,
+    frechet_distance,
+    judge,
+    train_classifier,
+    train_factor_classifier,
+)
+from ldm_vae.seeds import derive_seed
 from ldm_vae.training.autoencoder_report import encode_decode
 
 CLASSIFIER_TRAIN_IMAGES = 4096  # real training images the judging classifier sees
 CLASSIFIER_STEPS = 400
+FACTORS = ("shape", "colour")  # the factor judge's heads, in the column order of its factor tensors
+COLOURS = list(NAMED_COLOURS)  # colour index = position in this list
+FACTOR_EVAL_IMAGES = 1152  # real images the factor judge is scored on: ~32 per colour-shape pair
+PROMPT_TEMPLATE = "a {colour} {shape} in the centre"  # one of the shapes captions' templates
 
 
 def judge_data(ae_cfg: AutoencoderTrainConfig) -> tuple[Dataset, list[int], list[int]]:
@@ -48,23 +70,87 @@ def train_judge(
 
 
 @torch.no_grad()
+def reconstruct(autoencoder: ModelMixin, images: Tensor, batch_size: int = 64) -> Tensor:
+    """The autoencoder's deterministic reconstructions of images (n, 3, R, R) in [-1, 1], on the CPU."""
+    device = next(autoencoder.parameters()).device
+    return torch.cat(
+        [
+            encode_decode(autoencoder, chunk.to(device))[0].float().clamp(-1, 1).cpu()
+            for chunk in images.split(batch_size)
+        ]
+    )
+
+
 def judge_reconstructions(
     classifier: SampleClassifier,
     real_features: Tensor,
     ae_cfg: AutoencoderTrainConfig,
     autoencoder: ModelMixin,
-    batch_size: int = 64,
 ) -> dict[str, float]:
     """The judge on the autoencoder's deterministic reconstructions of the held-out images: the ceiling
     for samples decoded by that autoencoder. If these already lose the class, the autoencoder is the stage
     to fix; if they keep it and samples do not, the diffusion model is."""
     dataset, _, held_out = judge_data(ae_cfg)
     real, labels = stack_items(dataset, held_out)  # (n, 3, R, R) in [-1, 1], (n,)
-    device = next(autoencoder.parameters()).device
-    reconstructions = torch.cat(
-        [
-            encode_decode(autoencoder, chunk.to(device))[0].float().clamp(-1, 1).cpu()
-            for chunk in real.split(batch_size)
-        ]
+    return judge(classifier, reconstruct(autoencoder, real), labels, real_features)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the factor judge of text-to-image samples
+
+
+def pair_factors(pairs: list[tuple[str, str]]) -> Tensor:
+    """(colour, shape) names -> factors (n, 2) int64: the shape's index in SHAPE_KINDS, the colour's in
+    COLOURS."""
+    return torch.tensor([[SHAPE_KINDS.index(shape), COLOURS.index(colour)] for colour, shape in pairs])
+
+
+def pair_prompts(template: str = PROMPT_TEMPLATE) -> tuple[list[str], Tensor]:
+    """A prompt for every colour-shape pair (colour-major), and the factors (p, 2) it asks for."""
+    pairs = [(colour, shape) for colour in COLOURS for shape in SHAPE_KINDS]
+    return [template.format(colour=colour, shape=shape) for colour, shape in pairs], pair_factors(pairs)
+
+
+def is_unseen(factors: Tensor) -> Tensor:
+    """(n,) bool: whether each row (shape, colour) of factors (n, 2) is a pair shapes-text holds out."""
+    held_out = pair_factors(list(HELD_OUT_COMBINATIONS))  # (h, 2)
+    return (factors[:, None, :] == held_out[None]).all(dim=2).any(dim=1)  # (n, h) -> (n,)
+
+
+def factor_images(count: int, resolution_px: int, seed: int) -> tuple[Tensor, Tensor]:
+    """`count` named-colour shapes of every colour-shape pair (none held out): images (n, 3, R, R) in
+    [-1, 1] and their factors (n, 2), as `pair_factors` numbers them."""
+    data = ShapesDataset(count, resolution_px, seed, colours="named")
+    images = torch.stack([data[i][0] for i in range(count)])
+    pairs = [(data.factors(i)["colour"], SHAPE_KINDS[data.factors(i)["label"]]) for i in range(count)]
+    return images, pair_factors(pairs)
+
+
+def attribute_accuracy(hits: Tensor, factors: Tensor) -> dict[str, dict[str, float]]:
+    """Hits (n, 2) of the factor judge on images of factors (n, 2), as accuracy of each attribute and of
+    both together, for the seen and the unseen (held-out) colour-shape pairs apart."""
+    unseen = is_unseen(factors)
+    scores = {}
+    for name, rows in (("seen", ~unseen), ("unseen", unseen)):
+        chosen = hits[rows].float()  # (m, 2); a group with no images scores None, not NaN
+        columns = {factor: chosen[:, j] for j, factor in enumerate(FACTORS)}
+        columns["both"] = chosen.all(dim=1).float()
+        scores[name] = {key: value.mean().item() if len(chosen) else None for key, value in columns.items()}
+        scores[name]["images"] = len(chosen)
+    return scores
+
+
+def train_factor_judge(
+    resolution_px: int, seed: int, classifier_steps: int, eval_images: int = FACTOR_EVAL_IMAGES
+) -> tuple[FactorClassifier, Tensor, Tensor, dict[str, dict[str, float]]]:
+    """The factor judge, trained on CLASSIFIER_TRAIN_IMAGES named-colour shapes of every pair; the real
+    evaluation images (n, 3, R, R) and their factors (n, 2), drawn apart from its training images; and its
+    attribute accuracy on them (`attribute_accuracy`)."""
+    train_images, train_factors = factor_images(
+        CLASSIFIER_TRAIN_IMAGES, resolution_px, derive_seed(seed, "judge_images", 0)
     )
-    return judge(classifier, reconstructions, labels, real_features)
+    classifier = train_factor_classifier(
+        train_images, train_factors, (len(SHAPE_KINDS), len(COLOURS)), steps=classifier_steps, seed=seed
+    )
+    images, factors = factor_images(eval_images, resolution_px, derive_seed(seed, "judge_images", 1))
+    return classifier, images, factors, attribute_accuracy(factor_hits(classifier, images, factors), factors)
