@@ -3,14 +3,17 @@ trick of the learned-codebook quantizer, checked against their definitions."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+from safetensors.torch import load_file
 
 from ldm_vae.config import ModelConfig, QuantizerConfig
+from ldm_vae.data import ShapesDataset
 from ldm_vae.errors import ConfigError
 from ldm_vae.metrics.codebook import codebook_usage
 from ldm_vae.models.quantizer import (
@@ -21,6 +24,7 @@ from ldm_vae.models.quantizer import (
     rotate_to_codes,
 )
 from ldm_vae.models.vq_model import build_vqmodel, export_vqmodel, image_to_indices, indices_to_image
+from ldm_vae.train.cli import main
 
 
 def flat(z: torch.Tensor) -> torch.Tensor:
@@ -42,6 +46,18 @@ def test_fsq_grid_spans_the_box_with_the_half_step_for_even_levels():
     # The index is mixed radix with the last channel fastest: code 1 differs from code 0 in channel 3 only.
     assert (codes[1] != codes[0]).tolist() == [False, False, False, True]
     torch.testing.assert_close(q._code_vectors(torch.arange(1000)), codes)
+
+
+@pytest.mark.parametrize("level", [2, 4, 5, 8])
+def test_fsq_grid_is_the_papers_rounding_grid_up_to_an_affine_map(level):
+    """Mentzer et al. round L*tanh-bounded values to integers; for even L, their bound is shifted by half a
+    step (offset 0.5), so the integers are -L/2 .. L/2 - 1. Our grid is those integers + offset, divided by
+    (L - 1)/2: the same L equally spaced levels, symmetric about 0, which quant_conv's affine map absorbs."""
+    offset = 0.5 if level % 2 == 0 else 0.0
+    paper = torch.arange(level, dtype=torch.float32) - level // 2  # the paper's integer levels
+    ours = FiniteScalarQuantizer([level]).codebook()[:, 0]
+    torch.testing.assert_close(ours, (paper + offset) / ((level - 1) / 2))
+    assert (0.0 in ours.tolist()) == (level % 2 == 1), "an even L has no zero level, an odd L has one"
 
 
 @pytest.mark.parametrize("levels", [[5, 3, 3], [8, 6, 4], [7, 4, 2]])
@@ -131,6 +147,31 @@ def test_lfq_loss_matches_brute_force_entropies_over_the_whole_codebook():
     assert abs(health["codebook_entropy"] - codebook_entropy.item()) < 1e-5
 
 
+@pytest.mark.parametrize("codebook_sign", [1.0, -1.0], ids=["penalty", "sign-flipped"])
+def test_lfq_entropy_penalty_commits_tokens_and_spreads_the_batch(codebook_sign):
+    """Descending the penalty alone moves tokens that all share one code (and sit near the sign boundary)
+    to confident codes spread over the codebook; flipping the codebook term's sign collapses them instead."""
+    torch.manual_seed(0)
+    q = LookupFreeQuantizer(
+        4, commitment_weight=0.0, entropy_weight=1.0, codebook_entropy_weight=codebook_sign, temperature=1.0
+    ).train()
+    tokens = (0.3 + 0.1 * torch.randn(64, 4)).requires_grad_(True)  # (n, d), all in the (+, +, +, +) code
+    optimizer = torch.optim.SGD([tokens], lr=0.5)
+    sample_before, codebook_before = (x.item() for x in q.entropies(tokens))
+    for _ in range(100):
+        _, loss, _ = q(rearrange(tokens, "(b h w) c -> b c h w", b=4, h=4))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    sample_after, codebook_after = (x.item() for x in q.entropies(tokens))
+    used = len(torch.unique(tokens.detach() > 0, dim=0))
+    assert sample_after < sample_before - 0.5, "per-token entropy goes down: each token commits to a code"
+    if codebook_sign > 0:
+        assert codebook_after > codebook_before + 0.2 and used >= 10, "the batch spreads over the codes"
+    else:
+        assert codebook_after < codebook_before and used == 1
+
+
 def test_lfq_entropy_terms_only_enter_with_grad():
     q = LookupFreeQuantizer(3, commitment_weight=0.0).train()
     z = torch.randn(1, 3, 4, 4)
@@ -184,6 +225,40 @@ def test_export_gives_a_plain_vqmodel_with_identical_codes_and_reconstructions(q
         torch.testing.assert_close(exported(images).sample, reconstruction, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(indices_to_image(exported, theirs), exported(images).sample)
         torch.testing.assert_close(indices_to_image(trained, ours), reconstruction, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "quantizer",
+    [QuantizerConfig(kind="fsq", levels=[8, 6, 4]), QuantizerConfig(kind="lfq", lfq_bits=5)],
+    ids=["fsq", "lfq"],
+)
+def test_encode_and_eval_ae_on_the_export_see_the_codes_our_quantizer_chose(tmp_path, quantizer):
+    """The KL-free workflows on the saved export: `ldm-vae encode` stores the indices our quantizer picks
+    for the same images, and `eval-ae` reports the codebook health of exactly those indices."""
+    torch.manual_seed(0)
+    trained = build_vqmodel(tiny_model(quantizer), resolution_px=16, seed=0).eval()
+    with torch.no_grad():
+        trained.quant_conv.weight.mul_(8)
+    export_vqmodel(trained).save_pretrained(tmp_path / "export")
+    data = ["--data", "builtin:shapes", "--builtin-samples", "12", "--num-workers", "0"]
+    store = tmp_path / "store"
+    assert (
+        main(
+            ["encode", "--model", str(tmp_path / "export"), *data, "--batch-size", "12", "--out", str(store)]
+        )
+        == 0
+    )
+    shards = json.loads((store / "manifest.json").read_text())["shards"]
+    stored = torch.cat([load_file(store / shard["file"])["indices"] for shard in shards])
+    dataset = ShapesDataset(12, 16, seed=0)
+    ours = image_to_indices(trained, torch.stack([dataset[i][0] for i in range(12)]))  # (12, 8, 8)
+    assert torch.equal(stored, ours) and len(ours.unique()) > 8
+
+    weights = [f"--{name}={tmp_path / 'missing.pth'}" for name in ("inception", "lpips-vgg16", "lpips-heads")]
+    evaluate = ["eval-ae", f"--model={tmp_path / 'export'}", *data, "--batch-size", "12", *weights]
+    assert main(evaluate) == 0
+    health = json.loads((tmp_path / "export-eval" / "eval.json").read_text())["latents"]["codebook"]
+    assert health == pytest.approx(codebook_usage(ours, trained.quantize.num_codes))
 
 
 # -- rotation trick -----------------------------------------------------------------------------------------
