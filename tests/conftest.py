@@ -97,7 +97,7 @@ class RandomFeatures(nn.Module):
         return h.mean(dim=(2, 3))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def kl_model(tmp_path_factory) -> Path:
     """A random kl-tiny (f4) AutoencoderKL folder at 16 px: latent stores do not need trained weights."""
     cfg = load_config(AutoencoderTrainConfig, "kl-tiny", ["data.resolution_px=16"])

@@ -15,10 +15,14 @@ from pathlib import Path
 
 import pytest
 
+# one worker under `pytest -n 2`, so the session-scoped fixtures are built once
+pytestmark = pytest.mark.xdist_group("test_benchmark_gpu")
+
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "benchmarks" / "gpu.py"
-# Below what the whole tiny run needs on 2 cores (about 4.5 minutes, 13 processes), above what the first
-# sections need (peak, encode, both jobs eager, sampling: about 50 s): the rest must show up as skipped.
+# Below what the whole tiny run needs on 2 cores (about 4.5 minutes, 13 processes), so the last sections
+# must show up as skipped. How many sections fit depends on the machine (peak, encode and both jobs eager
+# took about 50 s on one day, more than 60 on another): only the peak is sure to be measured.
 BUDGET_SECONDS = 60
 
 
@@ -32,7 +36,7 @@ def load_benchmark():
 gpu = load_benchmark()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> tuple[dict, str, float]:
     out = tmp_path_factory.mktemp("gpu-benchmark") / "results.json"
     command = [sys.executable, str(SCRIPT), "--device", "cpu", "--tiny"]
@@ -68,8 +72,7 @@ def test_tiny_run_has_every_section_and_stays_within_its_budget(tiny_run):
 @pytest.mark.slow
 def test_measured_sections_have_finite_positive_numbers(tiny_run):
     report, table, _ = tiny_run
-    for name in ("peak", "train_ae/eager", "train_ldm/eager"):  # the first sections always fit the budget
-        assert "skipped" not in dict(measured_rows(report))[name], name
+    assert "skipped" not in report["peak"], report["peak"]
     assert f"{report['peak']['tflops']:.3g} TFLOP/s" in table
     for name, row in measured_rows(report):
         if "skipped" in row:
@@ -93,7 +96,8 @@ def test_skipped_sections_are_named_with_their_reason(tiny_run):
     assert skipped, f"the {BUDGET_SECONDS} s budget is meant to skip the last sections"
     assert len(report["skipped"]) == len(skipped)
     for name, line in zip(skipped, report["skipped"], strict=True):
-        assert line.startswith(f"{name}: ") and "budget" in line
+        # the budget ran out, or a section it needs (eager sets the batch size) did not run
+        assert line.startswith(f"{name}: ") and ("budget" in line or "did not run" in line), line
         assert f"- {line}" in table
 
 

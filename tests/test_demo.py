@@ -35,30 +35,6 @@ TOY = [
 ]
 
 
-@pytest.mark.slow
-def test_demo_runs_the_chain_and_reports_every_stage(tmp_path, capsys):
-    run_dir = tmp_path / "demo"
-    assert main(["demo", "--run-dir", str(run_dir), *TOY]) == 0
-    for path in ("autoencoder/export/config.json", "latents/manifest.json", "ldm/pipeline/model_index.json"):
-        assert (run_dir / path).is_file(), path
-    figures = json.loads((run_dir / "demo.json").read_text())
-    assert figures["ldm"]["reload_max_abs_diff"] == 0.0
-    assert set(figures["samples"]) >= {"guidance_1", "guidance_2", "classifier_real_held_out_accuracy"}
-    assert 0 <= figures["samples"]["guidance_2"]["accuracy"] <= 1
-    report = (run_dir / "report.md").read_text()
-    for text in ("held-out PSNR", "scaling_factor", "class accuracy", "![samples](ldm/samples.png)"):
-        assert text in report, text
-    assert "ldm-vae train-ldm ldm-tiny" in report  # the commands that reproduce each stage
-    assert "reconstructions of them (the ceiling)" in report
-    assert 0 <= figures["samples"]["reconstructions"]["accuracy"] <= 1
-
-    capsys.readouterr()
-    assert main(["demo", "--run-dir", str(run_dir), *TOY]) == 0
-    out = capsys.readouterr().out
-    assert "1/4 autoencoder: finished earlier, skipped" in out
-    assert "3/4 latent diffusion: finished earlier, skipped" in out
-
-
 def test_demo_rejects_a_bad_override_before_any_work(tmp_path, capsys):
     assert main(["demo", "--run-dir", str(tmp_path / "demo"), "--ldm", "train.max_stepz=4"]) == 2
     assert "train.max_stepz: unknown config key" in capsys.readouterr().err
@@ -80,19 +56,36 @@ def labelled_folder(root, classes: int, per_class: int):
 
 
 @pytest.mark.slow
-def test_demo_takes_the_data_once_and_uses_it_in_every_stage(tmp_path):
-    """3 classes, not the shapes' 6: the store, the pipeline, the judge and the report all see the folder."""
+def test_demo_runs_the_chain_on_the_data_it_is_given_and_reports_every_stage(tmp_path, capsys):
+    """3 classes, not the shapes' 6: the store, the pipeline, the judge and the report all see the folder;
+    a rerun skips the finished stages."""
     folder = labelled_folder(tmp_path / "images", classes=3, per_class=16)
     run_dir = tmp_path / "demo"
     assert main(["demo", "--run-dir", str(run_dir), "--data", str(folder), *TOY]) == 0
+    for path in ("autoencoder/export/config.json", "latents/manifest.json", "ldm/pipeline/model_index.json"):
+        assert (run_dir / path).is_file(), path
     manifest = json.loads((run_dir / "latents" / "manifest.json").read_text())
     assert manifest["num_samples"] == 48 and manifest["classes"] == ["kind0", "kind1", "kind2"]
     pipeline_index = json.loads((run_dir / "ldm" / "pipeline" / "model_index.json").read_text())
     assert pipeline_index["class_names"] == ["kind0", "kind1", "kind2"]
     figures = json.loads((run_dir / "demo.json").read_text())
     assert figures["data"] == {"source": str(folder), "resolution_px": 16, "classes": 3}
+    assert figures["ldm"]["reload_max_abs_diff"] == 0.0
+    assert set(figures["samples"]) >= {"guidance_1", "guidance_2", "classifier_real_held_out_accuracy"}
     assert 0 <= figures["samples"]["guidance_2"]["accuracy"] <= 1
-    assert f"Data `{folder}`: 16 px, 3 classes" in (run_dir / "report.md").read_text()
+    assert 0 <= figures["samples"]["reconstructions"]["accuracy"] <= 1
+    report = (run_dir / "report.md").read_text()
+    assert f"Data `{folder}`: 16 px, 3 classes" in report
+    for text in ("held-out PSNR", "scaling_factor", "class accuracy", "![samples](ldm/samples.png)"):
+        assert text in report, text
+    assert "ldm-vae train-ldm ldm-tiny" in report  # the commands that reproduce each stage
+    assert "reconstructions of them (the ceiling)" in report
+
+    capsys.readouterr()
+    assert main(["demo", "--run-dir", str(run_dir), "--data", str(folder), *TOY]) == 0
+    out = capsys.readouterr().out
+    assert "1/4 autoencoder: finished earlier, skipped" in out
+    assert "3/4 latent diffusion: finished earlier, skipped" in out
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,9 @@ from ldm_vae.latents import LatentDataset
 from ldm_vae.models import build_vqmodel, export_vqmodel
 from ldm_vae.train.cli import main
 
+# one worker under `pytest -n 2`, so the session-scoped fixtures are built once
+pytestmark = pytest.mark.xdist_group("test_encode")
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -30,7 +33,7 @@ def assert_batch_close(actual: torch.Tensor, expected: torch.Tensor, scale_of: t
     torch.testing.assert_close(actual, expected, rtol=0, atol=64 * torch.finfo(torch.float32).eps * largest)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def vq_model(tmp_path_factory) -> Path:
     cfg = load_config(
         AutoencoderTrainConfig, "vq-tiny", ["data.resolution_px=16", "model.quantizer.num_codes=32"]

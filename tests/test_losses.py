@@ -19,6 +19,9 @@ from ldm_vae.losses import (
     kl_to_standard_normal,
 )
 
+# one worker under `pytest -n 2`, so the session-scoped fixtures are built once
+pytestmark = pytest.mark.xdist_group("test_losses")
+
 # ----------------------------------------------------------------------------
 # KL
 
@@ -126,7 +129,7 @@ def test_adaptive_weight_applies_reduce_grads():
 # LPIPS
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def lpips_random() -> LPIPS:
     torch.manual_seed(0)
     return LPIPS(random_init=True)

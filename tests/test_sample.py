@@ -13,10 +13,13 @@ import ldm_vae.train.sample
 from ldm_vae.pipelines import LatentDiffusionPipeline
 from ldm_vae.train.cli import main
 
+# one worker under `pytest -n 2`, so the session-scoped fixtures are built once
+pytestmark = pytest.mark.xdist_group("test_sample")
+
 CLASSES = ["circle", "square", "triangle"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def pipeline_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("pipe") / "pipeline"
     pipe = LatentDiffusionPipeline(

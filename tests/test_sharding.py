@@ -24,10 +24,11 @@ from ldm_vae.training.sharding import load_full_state_dict
 TESTS = Path(__file__).resolve().parent
 
 
-pytestmark = pytest.mark.slow  # two torchrun processes: about 20 s on 2 cores
+# two torchrun processes: about 20 s on 2 cores; one worker under `pytest -n 2` (a session fixture)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_sharding")]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def sharded_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("fsdp")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]

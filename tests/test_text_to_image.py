@@ -51,6 +51,9 @@ from ldm_vae.train.cli import main
 from ldm_vae.train.ldm import build_denoiser, conditioning_inputs, train
 from ldm_vae.training.checkpoints import list_checkpoints
 
+# one worker under `pytest -n 2`, so the session-scoped fixtures are built once
+pytestmark = pytest.mark.xdist_group("test_text_to_image")
+
 REPO = Path(__file__).resolve().parent.parent
 TINY_TEXT_UNET = UNetConfig(
     block_out_channels=[16, 32],
@@ -65,7 +68,7 @@ def named_shapes(n: int = 64) -> ShapesDataset:
     return ShapesDataset(n, 16, seed=0, colours="named", held_out=HELD_OUT_COMBINATIONS)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tokenizer() -> CLIPTokenizer:
     data = named_shapes()
     return train_tokenizer([data.caption(i) for i in range(len(data))], vocab_size=512, max_length=16)
@@ -187,7 +190,7 @@ def test_shapes_text_source_and_random_colour_captions():
 # captions in the latent store
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def text_store(kl_model, tmp_path_factory) -> Path:
     """builtin:shapes-text (48 images, 16 px) encoded in shards of 16."""
     out = tmp_path_factory.mktemp("text_store") / "latents"
@@ -489,6 +492,7 @@ def test_stable_diffusion_export_refuses_what_it_would_decode_wrongly(tokenizer,
 LDM_CHILD = """
 from diffusers import DiffusionPipeline
 import numpy as np
+
 pipe = DiffusionPipeline.from_pretrained(FOLDER, trust_remote_code=True)
 pipe.set_progress_bar_config(disable=True)
 def images(**kwargs):

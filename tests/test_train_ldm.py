@@ -25,6 +25,9 @@ from ldm_vae.train.cli import main
 from ldm_vae.train.ldm import diffusion_draws, load_decoder, train
 from ldm_vae.training.checkpoints import list_checkpoints
 
+# one worker under `pytest -n 2`, so the session-scoped fixtures are built once
+pytestmark = pytest.mark.xdist_group("test_train_ldm")
+
 REPO = Path(__file__).resolve().parent.parent
 
 # ldm-tiny on the 4x4x4 latents of 48 16-px shapes: train -> checkpoint -> pipeline -> report in seconds.
@@ -44,7 +47,7 @@ LDM_TINY_OVERRIDES = [
 ]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def store(kl_model, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("store") / "latents"
     args = ["encode", "--model", str(kl_model), "--builtin-samples", "48", "--shard-size", "16"]
