@@ -71,6 +71,9 @@ AUTOENCODERS = (
     AutoencoderArm("ae-c4", (), "kl-tiny as the demo trains it (f4, 4 channels)"),
     AutoencoderArm("ae-c8", ("model.latent_channels=8",), "twice the latent channels, same grid"),
     AutoencoderArm("ae-c16", ("model.latent_channels=16",), "four times the latent channels (SD3's 16)"),
+    AutoencoderArm(
+        "ae-f2", ("model.block_out_channels=[32,64]",), "f2: a 16x16 grid of 4 channels (one level fewer)"
+    ),
 )
 DIFFUSIONS = (DiffusionArm("ldm-eps", "ae-c4", (), "ldm-tiny as the demo trains it: eps + Min-SNR-5"),)
 
