@@ -122,8 +122,8 @@ def factor_images(count: int, resolution_px: int, seed: int) -> tuple[Tensor, Te
     [-1, 1] and their factors (n, 2), as `pair_factors` numbers them."""
     data = ShapesDataset(count, resolution_px, seed, colours="named")
     images = torch.stack([data[i][0] for i in range(count)])
-    pairs = [(data.factors(i)["colour"], SHAPE_KINDS[data.factors(i)["label"]]) for i in range(count)]
-    return images, pair_factors(pairs)
+    drawn = [data.factors(i) for i in range(count)]
+    return images, pair_factors([(f["colour"], SHAPE_KINDS[f["label"]]) for f in drawn])
 
 
 def attribute_accuracy(hits: Tensor, factors: Tensor) -> dict[str, dict[str, float]]:
