@@ -6,13 +6,13 @@ TORCH  ?= torch==2.14.1 torchvision==0.29.1
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo demo-text test test-fast test-gpu bench bench-gpu lint clean
+.PHONY: demo demo-text demo-digits test test-fast test-gpu bench bench-gpu lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[dev,bench]"
 	touch $(STAMP)
 
 demo: $(STAMP)  # the whole chain from nothing; `ldm-vae demo` alone resumes an interrupted one instead
@@ -22,6 +22,11 @@ demo: $(STAMP)  # the whole chain from nothing; `ldm-vae demo` alone resumes an 
 demo-text: $(STAMP)  # text-to-image on builtin:shapes-text, saved as a stock StableDiffusionPipeline
 	rm -rf runs/demo-text
 	$(BIN)/ldm-vae demo --text --run-dir runs/demo-text
+
+demo-digits: $(STAMP)  # the class demo on another labelled folder: scikit-learn's bundled handwritten digits
+	rm -rf runs/digits runs/demo-digits
+	$(BIN)/python benchmarks/digits_folder.py --out runs/digits
+	$(BIN)/ldm-vae demo --data runs/digits --run-dir runs/demo-digits
 
 # Two pytest workers, one torch thread each: on 2 cores the suite took 736 s against 1110 s in one worker
 # with two threads (2026-12-03; tiny models leave a second thread idle), and one thread each keeps OpenMP

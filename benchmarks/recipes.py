@@ -31,8 +31,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -43,13 +41,16 @@ from ldm_vae.errors import ConfigError  # noqa: E402
 from ldm_vae.metrics.classifier import judge, load_classifier, save_classifier  # noqa: E402
 from ldm_vae.metrics.judge import CLASSIFIER_STEPS, judge_data, judge_reconstructions, train_judge  # noqa: E402
 from ldm_vae.models import load_autoencoder  # noqa: E402
-from ldm_vae.pipelines.sampling import load_pipeline, sample_by_class  # noqa: E402
+from ldm_vae.pipelines.sampling import load_pipeline, sample_by_class, with_scheduler  # noqa: E402
 from ldm_vae.training.stages import run_stage  # noqa: E402
 from ldm_vae.training.tracking import read_stats  # noqa: E402
+from ldm_vae.viz import save_guidance_curves  # noqa: E402
 
 BENCHMARKS = REPO / "benchmarks"
 THUMBNAIL_SIDES = (4, 8, 16)  # bicubic down and up again: what a grid of that size keeps of a 32 px image
 GUIDANCE = (1.0, 1.5, 2.0, 3.0, 4.0)  # classifier-free guidance sweep of every LDM arm
+SAMPLERS = (("ddim", 50), ("ddim", 25), ("dpm", 20), ("dpm", 10))  # on the baseline arm, at SAMPLER_GUIDANCE
+SAMPLER_ARM, SAMPLER_GUIDANCE = "ldm-eps", 3.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,8 +75,29 @@ AUTOENCODERS = (
     AutoencoderArm(
         "ae-f2", ("model.block_out_channels=[32,64]",), "f2: a 16x16 grid of 4 channels (one level fewer)"
     ),
+    AutoencoderArm("ae-l1", ("loss.reconstruction=l1",), "L1 pixels (LDM's) instead of L2"),
+    AutoencoderArm("ae-eq", ("loss.equivariance_weight=1.0",), "EQ-VAE equivariance loss, weight 1"),
 )
-DIFFUSIONS = (DiffusionArm("ldm-eps", "ae-c4", (), "ldm-tiny as the demo trains it: eps + Min-SNR-5"),)
+DIFFUSIONS = (
+    DiffusionArm("ldm-eps", "ae-c4", (), "ldm-tiny as the demo trains it: eps + Min-SNR-5"),
+    DiffusionArm("ldm-v", "ae-c4", ("diffusion.prediction_type=v_prediction",), "v-prediction + Min-SNR-5"),
+    DiffusionArm(
+        "ldm-v-zsnr",
+        "ae-c4",
+        ("diffusion.prediction_type=v_prediction", "diffusion.zero_terminal_snr=true"),
+        "v-prediction, zero terminal SNR",
+    ),
+    DiffusionArm(
+        "ldm-flow",
+        "ae-c4",
+        ("diffusion.prediction_type=flow", "diffusion.timestep_sampling=logit_normal"),
+        "flow matching, logit-normal t (SD3)",
+    ),
+    DiffusionArm(
+        "ldm-cosine", "ae-c4", ("diffusion.beta_schedule=squaredcos_cap_v2",), "eps + Min-SNR-5, cosine betas"
+    ),
+    DiffusionArm("ldm-2x", "ae-c4", ("train.max_steps=2400",), "the demo's recipe, twice the steps"),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,7 +239,24 @@ def diffusion_stage(arm: DiffusionArm, out: Path, budget: Budget, commands: list
                 scores[f"{guidance:g}"] = judge(classifier, grid.flatten(0, 1) * 2 - 1, labels, real_features)
         return scores
 
+    def samplers() -> dict:
+        pipe = load_pipeline(str(run_dir / "pipeline"))
+        labels = torch.arange(classifier.num_classes).repeat_interleave(budget.per_class)
+        scores = {}
+        for name, steps in SAMPLERS:
+            with_scheduler(pipe, name)
+            start = time.perf_counter()
+            grid = sample_by_class(pipe, budget.per_class, steps, SAMPLER_GUIDANCE, cfg.seed + 1)
+            seconds = time.perf_counter() - start
+            scores[f"{name} {steps}"] = {
+                **judge(classifier, grid.flatten(0, 1) * 2 - 1, labels, real_features),
+                "seconds": seconds,
+            }
+            print(f"{arm.name}: {name} {steps} steps: {scores[f'{name} {steps}']}", flush=True)
+        return scores
+
     report = json.loads((run_dir / "report.json").read_text())
+    extra = {"samplers": cached(run_dir / "samplers.json", samplers)} if arm.name == SAMPLER_ARM else {}
     return {
         "autoencoder": arm.autoencoder,
         "overrides": list(arm.overrides),
@@ -227,6 +266,7 @@ def diffusion_stage(arm: DiffusionArm, out: Path, budget: Budget, commands: list
         "final_loss": report["final_loss"],
         "sampler": f"{cfg.sample.scheduler}, {cfg.sample.num_inference_steps} steps",
         "guidance": cached(run_dir / "samples.json", sweep),
+        **extra,
     }
 
 
@@ -265,37 +305,32 @@ def table(results: dict) -> list[str]:
             + " | ".join(cells)
             + " |"
         )
+    sampled = {name: arm["samplers"] for name, arm in results["diffusions"].items() if "samplers" in arm}
+    for name, scores in sampled.items():
+        lines += [
+            "",
+            f"Samplers on {name}, guidance {SAMPLER_GUIDANCE:g}, {results['samples_per_class']} per class:",
+            "",
+            "| sampler, steps | accuracy / FD | seconds |",
+            "|---|---|---|",
+            *(
+                f"| {key} | {s['accuracy']:.3f} / {s['frechet_vs_real']:.2f} | {s['seconds']:.0f} |"
+                for key, s in scores.items()
+            ),
+        ]
     return lines
 
 
 def plot(results: dict, path: Path) -> None:
-    """Class accuracy against guidance, and against feature FD, for every LDM arm; the ceilings dashed."""
-    figure = Figure(figsize=(10, 4))
-    FigureCanvasAgg(figure)
-    by_guidance, by_frechet = figure.subplots(1, 2)
-    for name, arm in results["diffusions"].items():
-        scores = arm["guidance"]
-        by_guidance.plot(
-            [float(g) for g in scores], [s["accuracy"] for s in scores.values()], "o-", label=name
-        )
-        by_frechet.plot(
-            [s["frechet_vs_real"] for s in scores.values()],
-            [s["accuracy"] for s in scores.values()],
-            "o-",
-            label=name,
-        )
-    for name, arm in results["autoencoders"].items():
-        by_guidance.axhline(arm["reconstructions"]["accuracy"], linestyle="--", linewidth=0.8, color="gray")
-        by_guidance.annotate(
-            f"{name} reconstructions", (GUIDANCE[0], arm["reconstructions"]["accuracy"]), fontsize=7
-        )
-    by_guidance.set(xlabel="guidance scale", ylabel="class accuracy (judge)", ylim=(0, 1))
-    by_frechet.set(
-        xlabel="feature Fréchet distance to real images", ylabel="class accuracy (judge)", ylim=(0, 1)
+    """Class accuracy against guidance and against feature FD for every LDM arm; the ceilings dashed."""
+    save_guidance_curves(
+        {name: arm["guidance"] for name, arm in results["diffusions"].items()},
+        {
+            f"{name} reconstructions": arm["reconstructions"]["accuracy"]
+            for name, arm in results["autoencoders"].items()
+        },
+        path,
     )
-    by_guidance.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
 
 
 def run_recipes(args: argparse.Namespace) -> dict:

@@ -6,6 +6,7 @@ the demo and the benchmarks all sample the same way.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -89,11 +90,12 @@ def score_pipeline(
     sample: SampleConfig,
     per_class: int,
     seed: int,
+    guidance_scales: Sequence[float] = (),
 ) -> dict[str, dict[str, float]]:
     """Class accuracy and feature Fréchet distance to the real images of `per_class` samples per class, at
-    guidance 1 (none) and at the configured guidance scale."""
+    guidance 1 (none), at the configured guidance scale and at each of `guidance_scales`."""
     scores = {}
-    for guidance in sorted({1.0, sample.guidance_scale}):
+    for guidance in sorted({1.0, sample.guidance_scale, *guidance_scales}):
         grid = sample_by_class(
             pipe, per_class, sample.num_inference_steps, guidance, seed=seed
         )  # (classes, per_class, 3, R, R) in [0, 1]

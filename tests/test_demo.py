@@ -9,6 +9,7 @@ from PIL import Image
 
 from ldm_vae.data import ShapesDataset
 from ldm_vae.train.cli import main
+from ldm_vae.train.demo import CLASS_GUIDANCE_SCALES
 
 # The chain at toy size: 16 px shapes, a few steps per stage; the figures are meaningless, the plumbing real.
 TOY = [
@@ -71,13 +72,15 @@ def test_demo_runs_the_chain_on_the_data_it_is_given_and_reports_every_stage(tmp
     figures = json.loads((run_dir / "demo.json").read_text())
     assert figures["data"] == {"source": str(folder), "resolution_px": 16, "classes": 3}
     assert figures["ldm"]["reload_max_abs_diff"] == 0.0
-    assert set(figures["samples"]) >= {"guidance_1", "guidance_2", "classifier_real_held_out_accuracy"}
+    swept = {f"guidance_{g:g}" for g in CLASS_GUIDANCE_SCALES}
+    assert set(figures["samples"]) >= {*swept, "guidance_2", "classifier_real_held_out_accuracy"}
     assert 0 <= figures["samples"]["guidance_2"]["accuracy"] <= 1
     assert 0 <= figures["samples"]["reconstructions"]["accuracy"] <= 1
     report = (run_dir / "report.md").read_text()
     assert f"Data `{folder}`: 16 px, 3 classes" in report
     for text in ("held-out PSNR", "scaling_factor", "class accuracy", "![samples](ldm/samples.png)"):
         assert text in report, text
+    assert (run_dir / "guidance.png").is_file() and "![guidance](guidance.png)" in report
     assert "ldm-vae train-ldm ldm-tiny" in report  # the commands that reproduce each stage
     assert "reconstructions of them (the ceiling)" in report
 

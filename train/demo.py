@@ -82,6 +82,7 @@ class DemoKind:
 CLASS_DEMO = DemoKind("ldm-tiny", "builtin:shapes", "runs/demo", "class", 32, "class")
 TEXT_DEMO = DemoKind("ldm-text-tiny", "builtin:shapes-text", "runs/demo-text", "text", 8, "prompt")
 TEXT_GUIDANCE_SCALES = (1.0,)  # scored besides the preset's sample.guidance_scale
+CLASS_GUIDANCE_SCALES = (1.0, 2.0, 3.0, 4.0)  # the class demo's sweep, besides the preset's scale
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -197,7 +198,7 @@ def score_samples(
     classifier_steps: int,
 ) -> dict:
     """Class accuracy and classifier-feature Fréchet distance of the LDM's samples and of the autoencoder's
-    held-out reconstructions (the samples' ceiling), against real images."""
+    held-out reconstructions (the samples' ceiling), against real images, across a guidance sweep."""
     classifier, real_features, figures = train_judge(ae_cfg, classifier_steps)
     pipe = load_pipeline(str(run_dir / "ldm" / "pipeline"))
     return {
@@ -205,7 +206,9 @@ def score_samples(
         "samples_per_class": per_class,
         "real_vs_real_frechet": figures["real_vs_real_frechet"],
         "reconstructions": judge_reconstructions(classifier, real_features, ae_cfg, pipe.vae),
-        **score_pipeline(pipe, classifier, real_features, ldm_cfg.sample, per_class, seed=ae_cfg.seed + 1),
+        **score_pipeline(
+            pipe, classifier, real_features, ldm_cfg.sample, per_class, ae_cfg.seed + 1, CLASS_GUIDANCE_SCALES
+        ),
     }
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ldm_vae.data.shapes import HELD_OUT_COMBINATIONS, SHAPE_KINDS
 from ldm_vae.metrics.judge import COLOURS
+from ldm_vae.viz import save_guidance_curves
 
 
 def chain_rows(figures: dict) -> list[str]:
@@ -76,8 +77,17 @@ def write_report(run_dir: Path, figures: dict, commands: list[str]) -> None:
         "",
         "![samples](ldm/samples.png)",
         "",
+        "## Class accuracy across guidance scales (reconstructions dashed: the ceiling)",
+        "",
+        "![guidance](guidance.png)",
+        "",
         *report_tail(commands),
     ]
+    save_guidance_curves(
+        {"samples": {key.removeprefix("guidance_"): scores[key] for key in guided}},
+        {"reconstructions": scores["reconstructions"]["accuracy"]},
+        run_dir / "guidance.png",
+    )
     (run_dir / "report.md").write_text("\n".join(lines))
 
 
