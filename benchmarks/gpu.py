@@ -57,6 +57,8 @@ on a lent machine (no network, no diffusers): carry the pure-Python wheels the i
              diffusers==0.42.1 webdataset==1.0.2 braceexpand==0.1.7
   there: python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site \\
              .whl/*.whl . && PYTHONPATH=/tmp/site python3 benchmarks/gpu.py --out $OUT/results-gpu.json
+       PYTHONPATH=/tmp/site python3 -P -m pytest -q -rs -m gpu tests/test_gpu.py
+(`-P` keeps the checkout's ldm_vae/, which lacks ldm_vae.train, from hiding the installed one.)
 (`.` installs ldm-vae itself: `ldm_vae.train` and `ldm_vae.pipelines` exist only once installed.)"""
 
 FULL = {
@@ -329,7 +331,9 @@ class Runner:
     def encode(self, model: Path, out: Path, sizes: dict, precision: list[str]) -> dict:
         """`ldm-vae encode` over builtin shapes; images/s between its start and end barriers."""
         started = time.perf_counter()
-        command = [sys.executable, "-m", "ldm_vae.train.encode", "--model", str(model), "--out", str(out)]
+        # -P: the checkout's own ldm_vae/ (in the cwd) lacks ldm_vae.train; the installed package has it
+        command = [sys.executable, "-P", "-m", "ldm_vae.train.encode", "--model", str(model)]
+        command += ["--out", str(out)]
         command += ["--data", "builtin:shapes", "--builtin-samples", str(sizes["encode_images"])]
         command += ["--resolution", str(sizes["resolution_px"]), "--batch-size", str(sizes["encode_batch"])]
         command += ["--shard-size", "1024", "--num-workers", str(sizes["num_workers"]), *precision]
