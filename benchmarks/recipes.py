@@ -13,7 +13,8 @@ checkpoint (Ctrl-C checkpoints), so the study can be run in short pieces.
 
     python benchmarks/recipes.py [--out runs/recipes] [--arms NAME ...] [--quick]
 
-Writes benchmarks/results-recipes.json, recipes.md and recipes_guidance.png (into --out with --quick).
+Writes benchmarks/results-recipes.json, recipes.md and recipes_guidance.png (into --out with --quick); arms
+run earlier against the same judge stay in the report, so `--arms` calls add up.
 """
 
 from __future__ import annotations
@@ -333,6 +334,25 @@ def plot(results: dict, path: Path) -> None:
     )
 
 
+def merged(results: dict, path: Path) -> dict:
+    """This run's arms over those already reported at `path`, so the study can run a few arms at a time.
+
+    Only a report with the same judge figures (same data, judge and budget) is merged into; any other is
+    replaced, so no table mixes arms scored against different data.
+    """
+    if not path.is_file():
+        return results
+    earlier = json.loads(path.read_text())
+    if (earlier.get("judge"), earlier.get("quick")) != (results["judge"], results["quick"]):
+        return results
+    return {
+        **results,
+        "autoencoders": {**earlier["autoencoders"], **results["autoencoders"]},
+        "diffusions": {**earlier["diffusions"], **results["diffusions"]},
+        "commands": [*earlier["commands"], *(c for c in results["commands"] if c not in earlier["commands"])],
+    }
+
+
 def run_recipes(args: argparse.Namespace) -> dict:
     budget = QUICK if args.quick else FULL
     out = Path(args.out)
@@ -363,6 +383,7 @@ def run_recipes(args: argparse.Namespace) -> dict:
         "commands": commands,
     }
     report_dir = out if args.quick else BENCHMARKS
+    results = merged(results, report_dir / "results-recipes.json")
     (report_dir / "results-recipes.json").write_text(json.dumps(results, indent=2))
     (report_dir / "recipes.md").write_text("\n".join(table(results)) + "\n")
     plot(results, report_dir / "recipes_guidance.png")

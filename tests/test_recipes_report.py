@@ -1,0 +1,41 @@
+"""benchmarks/recipes.py's report: arms run in separate `--arms` calls add up in one report, but only
+when they were scored by the same judge; a report of other data is replaced, never mixed in."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "recipes.py"
+spec = importlib.util.spec_from_file_location("recipes_benchmark", SCRIPT)
+recipes = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(recipes)
+
+
+def report(judge_accuracy: float, autoencoders: dict, diffusions: dict, commands: list[str]) -> dict:
+    return {
+        "quick": False,
+        "judge": {"classifier_real_held_out_accuracy": judge_accuracy},
+        "autoencoders": autoencoders,
+        "diffusions": diffusions,
+        "commands": commands,
+    }
+
+
+def test_arms_of_the_same_judge_add_up_and_a_rerun_arm_replaces_its_row(tmp_path):
+    path = tmp_path / "results-recipes.json"
+    path.write_text(json.dumps(report(0.97, {"ae-c4": {"psnr_db": 25.0}}, {"ldm-v": {"a": 1}}, ["x", "y"])))
+    now = report(0.97, {"ae-c4": {"psnr_db": 26.0}}, {"ldm-eps": {"a": 2}}, ["y", "z"])
+    result = recipes.merged(now, path)
+    assert result["autoencoders"] == {"ae-c4": {"psnr_db": 26.0}}
+    assert result["diffusions"] == {"ldm-v": {"a": 1}, "ldm-eps": {"a": 2}}
+    assert result["commands"] == ["x", "y", "z"]
+
+
+def test_a_report_scored_by_another_judge_is_replaced(tmp_path):
+    path = tmp_path / "results-recipes.json"
+    path.write_text(json.dumps(report(0.93, {"ae-f2": {}}, {"ldm-v": {}}, ["x"])))
+    now = report(0.97, {"ae-c4": {}}, {"ldm-eps": {}}, ["z"])
+    assert recipes.merged(now, path) == now
+    assert recipes.merged(now, tmp_path / "missing.json") == now
