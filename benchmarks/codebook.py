@@ -14,7 +14,7 @@ perplexity (ldm_vae.metrics.codebook), PSNR, and sharpness (Laplacian energy of 
 the original's; 1 = as sharp), all from the exported diffusers VQModel. Writes the JSON and prints a
 markdown table.
 
-    python benchmarks/codebook.py [--steps 70] [--out benchmarks/results-codebook.json]
+    python benchmarks/codebook.py [--steps 600] [--out benchmarks/results-codebook.json]
 
 The JSON is rewritten after every run, so an interrupted benchmark keeps what it measured.
 """
@@ -153,7 +153,7 @@ def markdown_table(results: dict[str, dict[str, dict[str, dict[str, object]]]]) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=70, help="training steps of every run")
+    parser.add_argument("--steps", type=int, default=600, help="training steps of every run")
     parser.add_argument("--held-out", type=int, default=512, help="held-out images per run (64 tokens each)")
     parser.add_argument("--folder-images", type=int, default=2000, help="photo crops in the image folder")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results-codebook.json")

@@ -57,8 +57,17 @@ SAMPLER_ARM, SAMPLER_GUIDANCE = "ldm-eps", 3.0
 @dataclasses.dataclass(frozen=True)
 class AutoencoderArm:
     name: str  # folder under --out and table row
-    overrides: tuple[str, ...]  # train-ae kl-tiny overrides: the lever
+    overrides: tuple[str, ...]  # train-ae overrides of `preset`: the lever
     note: str  # why it is measured
+    preset: str = "kl-tiny"
+
+
+# vq-tiny with kl-tiny's encoder, decoder and lr (4 latent channels; the quantizer works on quant_conv's
+# output), so a tokenizer arm differs from ae-lr in the bottleneck only (issue 15).
+AS_KL_TINY = (
+    *("model.latent_channels=4", "model.mid_block_attention=true", "model.quantizer.code_dim=null"),
+    "optim.lr=1.0e-3",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,15 +78,46 @@ class DiffusionArm:
     note: str
 
 
+# kl-tiny's lr until the ae-lr arm showed 1400 steps at it undertrained; the arms measured before keep it.
+LR_BEFORE = "optim.lr=3.0e-4"
 AUTOENCODERS = (
-    AutoencoderArm("ae-c4", (), "kl-tiny as the demo trains it (f4, 4 channels)"),
-    AutoencoderArm("ae-c8", ("model.latent_channels=8",), "twice the latent channels, same grid"),
-    AutoencoderArm("ae-c16", ("model.latent_channels=16",), "four times the latent channels (SD3's 16)"),
+    AutoencoderArm("ae-c4", (LR_BEFORE,), "kl-tiny as the demo trained it (f4, 4 channels, lr 3e-4)"),
+    AutoencoderArm("ae-c8", (LR_BEFORE, "model.latent_channels=8"), "twice the latent channels, same grid"),
     AutoencoderArm(
-        "ae-f2", ("model.block_out_channels=[32,64]",), "f2: a 16x16 grid of 4 channels (one level fewer)"
+        "ae-c16", (LR_BEFORE, "model.latent_channels=16"), "four times the latent channels (SD3's 16)"
     ),
-    AutoencoderArm("ae-l1", ("loss.reconstruction=l1",), "L1 pixels (LDM's) instead of L2"),
-    AutoencoderArm("ae-eq", ("loss.equivariance_weight=1.0",), "EQ-VAE equivariance loss, weight 1"),
+    AutoencoderArm(
+        "ae-f2",
+        (LR_BEFORE, "model.block_out_channels=[32,64]"),
+        "f2: a 16x16 grid of 4 channels (one level fewer)",
+    ),
+    AutoencoderArm("ae-l1", (LR_BEFORE, "loss.reconstruction=l1"), "L1 pixels (LDM's) instead of L2"),
+    AutoencoderArm(
+        "ae-eq", (LR_BEFORE, "loss.equivariance_weight=1.0"), "EQ-VAE equivariance loss, weight 1"
+    ),
+    AutoencoderArm("ae-lr", ("optim.lr=1.0e-3",), "3.3x the learning rate (kl-tiny's lr now)"),
+    AutoencoderArm("ae-wide", ("model.block_out_channels=[64,96,96]",), "wider levels (2.3x the weights)"),
+    AutoencoderArm(
+        "vq-ema", (*AS_KL_TINY, "model.quantizer.num_codes=1024"), "VQ-EMA, 1024 4-d codes", "vq-tiny"
+    ),
+    AutoencoderArm(
+        "vq-rotation",
+        (*AS_KL_TINY, "model.quantizer.num_codes=1024", "model.quantizer.gradient=rotation"),
+        "VQ-EMA with the rotation trick, 1024 codes",
+        "vq-tiny",
+    ),
+    AutoencoderArm(
+        "vq-fsq",
+        (*AS_KL_TINY, "model.quantizer.kind=fsq", "model.quantizer.levels=[8,5,5,5]"),
+        "FSQ [8, 5, 5, 5], 1000 codes",
+        "vq-tiny",
+    ),
+    AutoencoderArm(
+        "vq-lfq",
+        (*AS_KL_TINY, "model.quantizer.kind=lfq", "model.quantizer.lfq_bits=10"),
+        "LFQ, 10 bits (1024 codes)",
+        "vq-tiny",
+    ),
 )
 DIFFUSIONS = (
     DiffusionArm("ldm-eps", "ae-c4", (), "ldm-tiny as the demo trains it: eps + Min-SNR-5"),
@@ -98,6 +138,7 @@ DIFFUSIONS = (
         "ldm-cosine", "ae-c4", ("diffusion.beta_schedule=squaredcos_cap_v2",), "eps + Min-SNR-5, cosine betas"
     ),
     DiffusionArm("ldm-2x", "ae-c4", ("train.max_steps=2400",), "the demo's recipe, twice the steps"),
+    DiffusionArm("ldm-eps-lr", "ae-lr", (), "the demo's diffusion recipe on ae-lr's latents"),
 )
 
 
@@ -185,10 +226,10 @@ def judge_stage(out: Path, ae_cfg: AutoencoderTrainConfig, budget: Budget):
 def autoencoder_stage(arm: AutoencoderArm, out: Path, budget: Budget, commands: list[str], judged) -> dict:
     run_dir = out / arm.name
     overrides = [f"run_dir={run_dir}", *arm.overrides, *budget.ae]
-    cfg = load_config(AutoencoderTrainConfig, "kl-tiny", overrides)
+    cfg = load_config(AutoencoderTrainConfig, arm.preset, overrides)
     done = (run_dir / "metrics.json").is_file()
     run_stage(
-        f"train-ae {arm.name}", ["train-ae", "kl-tiny", *overrides, "train.resume=latest"], commands, done
+        f"train-ae {arm.name}", ["train-ae", arm.preset, *overrides, "train.resume=latest"], commands, done
     )
     classifier, real_features, _ = judged
     vae = load_autoencoder(run_dir / "export", "--model")
@@ -197,13 +238,15 @@ def autoencoder_stage(arm: AutoencoderArm, out: Path, budget: Budget, commands: 
     )
     held = json.loads((run_dir / "metrics.json").read_text())["held_out"]
     return {
+        "preset": arm.preset,
         "overrides": list(arm.overrides),
         "note": arm.note,
         "steps": cfg.train.max_steps,
         **train_seconds(run_dir, cfg.train.batch_size, cfg.train.max_steps),
         **{
             key: held[key]
-            for key in ("psnr_db", "bicubic_psnr_db", "ssim", "active_channels", "latent_shape")
+            for key in ("psnr_db", "bicubic_psnr_db", "ssim", "active_channels", "latent_shape", "codebook")
+            if key in held  # codebook: VQ arms only
         },
         "reconstructions": ceiling,
     }
