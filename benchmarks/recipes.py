@@ -139,6 +139,8 @@ DIFFUSIONS = (
     ),
     DiffusionArm("ldm-2x", "ae-c4", ("train.max_steps=2400",), "the demo's recipe, twice the steps"),
     DiffusionArm("ldm-eps-lr", "ae-lr", (), "the demo's diffusion recipe on ae-lr's latents"),
+    DiffusionArm("ldm-fsq", "vq-fsq", (), "the demo's diffusion recipe on FSQ's latents (best tokenizer)"),
+    DiffusionArm("ldm-rotation", "vq-rotation", (), "the demo's diffusion recipe on VQ-rotation's latents"),
 )
 
 

@@ -128,7 +128,8 @@ def arms(kl: AutoencoderTrainConfig) -> list[Arm]:
         "model.quantizer.code_dim=null",
     )
     vaes = [Arm(f"vae-{beta:g}", "kl-tiny", (f"loss.kl_weight={beta!r}",), beta) for beta in KL_BETAS]
-    return [Arm("ae", "kl-tiny", ("loss.kl_weight=0.0",), 0.0), *vaes, Arm("vq", "vq-tiny", same_size, None)]
+    ae = Arm("ae", "kl-tiny", ("loss.kl_weight=0.0", "model.deterministic=true"), 0.0)  # no posterior noise
+    return [ae, *vaes, Arm("vq", "vq-tiny", same_size, None)]
 
 
 def stage(name: str, arguments: list[str], commands: list[str], seconds: dict, done: bool = False) -> None:
@@ -178,11 +179,11 @@ def autoencoder_figures(arm: Arm, run_dir: Path) -> dict:
     }
     for method in METHODS:
         figures["interpolation"][method].pop("per_pair")
-    if "kl_per_channel" in latents:
-        figures["kl_per_element"] = sum(latents["kl_per_channel"]) / channels  # nats
-    else:  # the rate of a code: the entropy of the code histogram, ln(perplexity) nats per position
+    if "codebook" in latents:  # the rate of a code: the entropy of the code histogram, ln(perplexity) nats
         figures["codebook"] = latents["codebook"]
         figures["code_entropy_per_element"] = math.log(latents["codebook"]["perplexity"]) / channels
+    elif arm.beta:  # the AE's point posterior has a KL too, but it measures the pinned variance, not a rate
+        figures["kl_per_element"] = sum(latents["kl_per_channel"]) / channels  # nats
     return figures
 
 
@@ -269,9 +270,12 @@ def table_rows(results: dict) -> list[str]:
     for name, f in results["models"].items():
         prior, ldm = f.get("prior", {}), results["ldm"]["runs"].get(name, {}).get(guidance, {})
         linear = f["interpolation"]["linear"]
-        rate = (
-            f"{f['kl_per_element']:.3f}" if "kl_per_element" in f else f"{f['code_entropy_per_element']:.3f}†"
-        )
+        if "kl_per_element" in f:
+            rate = f"{f['kl_per_element']:.3f}"
+        elif "code_entropy_per_element" in f:
+            rate = f"{f['code_entropy_per_element']:.3f}†"
+        else:
+            rate = "unbounded"  # the deterministic AE
         rows.append(
             f"| {name} | {cell(f['beta'], 'g')} | {f['parameters'] / 1e6:.3f} M | {f['psnr_db']:.2f} | "
             f"{f['ssim']:.3f} | {f['sharpness']:.3f} | {rate} | "
@@ -296,7 +300,9 @@ def reading(results: dict) -> list[str]:
     """Sentences stated from the measured numbers, so the conclusions follow the run, whatever it gives."""
     models = results["models"]
     kl = sorted((f["beta"], name) for name, f in models.items() if f["beta"] is not None)
-    kls, psnrs = [models[n]["kl_per_element"] for _, n in kl], [models[n]["psnr_db"] for _, n in kl]
+    vaes = [(beta, name) for beta, name in kl if beta > 0]
+    kls, psnrs = [models[n]["kl_per_element"] for _, n in vaes], [models[n]["psnr_db"] for _, n in vaes]
+    ae = models["ae"]
     floor = next(iter(models.values()))["bicubic_psnr_db"]
     above = [name for name, f in models.items() if f["psnr_db"] > floor]
     sharpest = max(models, key=lambda n: models[n]["sharpness"])
@@ -304,9 +310,10 @@ def reading(results: dict) -> list[str]:
     priors = {n: models[n]["prior"]["frechet_vs_real"] for _, n in kl}
     best_prior = min(priors, key=priors.get)
     sentences = [
-        f"As beta rises from 0 (AE) to {kl[-1][0]:g}, the KL per latent element {trend(kls)} "
+        f"As beta rises from {vaes[0][0]:g} to {vaes[-1][0]:g}, the KL per latent element {trend(kls)} "
         f"({kls[0]:.2f} to {kls[-1]:.2f} nats) and the held-out PSNR {trend(psnrs)} "
-        f"({psnrs[0]:.2f} to {psnrs[-1]:.2f} dB).",
+        f"({psnrs[0]:.2f} to {psnrs[-1]:.2f} dB); the deterministic AE (no posterior noise, no rate bound) "
+        f"reconstructs at {ae['psnr_db']:.2f} dB.",
         f"Above the bicubic floor ({floor:.2f} dB): {', '.join(above) or 'none'}.",
         f"Sharpest reconstructions: {sharpest} ({models[sharpest]['sharpness']:.3f}; 1 = as sharp as input).",
         "Prior-sample feature FD: " + ", ".join(f"{n} {fd:.2f}" for n, fd in priors.items()) + "; lowest "
@@ -402,22 +409,27 @@ def write_outputs(results: dict, report_dir: Path) -> None:
 
 
 def plot_rate_distortion(results: dict, path: Path) -> None:
-    """KL per element against PSNR over beta (the AE at beta 0), the VQ-VAE at its code entropy."""
+    """KL per element against PSNR over beta; the VQ-VAE at its code entropy; the deterministic AE, which
+    has no rate, and the bicubic floor as horizontal lines."""
     models = results["models"]
-    kl = sorted((f["beta"], name) for name, f in models.items() if f["beta"] is not None)
-    fig = Figure(figsize=(5.0, 3.6), layout="constrained")
+    vaes = sorted((f["beta"], name) for name, f in models.items() if f["beta"])
+    fig = Figure(figsize=(5.4, 3.8), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    xs, ys = [models[n]["kl_per_element"] for _, n in kl], [models[n]["psnr_db"] for _, n in kl]
-    ax.plot(xs, ys, "o-", label="AE / VAE (KL rate)")
-    for (beta, _), x, y in zip(kl, xs, ys, strict=True):
-        label = "AE, β=0" if beta == 0 else f"β={beta:g}"
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize="small")
+    xs, ys = [models[n]["kl_per_element"] for _, n in vaes], [models[n]["psnr_db"] for _, n in vaes]
+    ax.plot(xs, ys, "o-", label="VAE (KL rate)")
+    for i, ((beta, _), x, y) in enumerate(zip(vaes, xs, ys, strict=True)):
+        offset = (6, -12) if i % 2 else (-6, 8)  # alternate sides so neighbouring labels cannot overlap
+        ax.annotate(
+            f"β={beta:g}", (x, y), textcoords="offset points", xytext=offset, fontsize="small",
+            ha="left" if i % 2 else "right",
+        )  # fmt: skip
     vq = models["vq"]
     ax.plot([vq["code_entropy_per_element"]], [vq["psnr_db"]], "s", label="VQ-VAE (code entropy)")
+    ax.axhline(models["ae"]["psnr_db"], linestyle=":", color="black", label="AE (deterministic, no rate)")
     ax.axhline(vq["bicubic_psnr_db"], linestyle="--", color="gray", label="bicubic at latent size")
     ax.set(xlabel="rate: nats per latent element", ylabel="held-out PSNR (dB)", title="Rate vs distortion")
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="lower right")
     fig.savefig(path, dpi=150)
 
 

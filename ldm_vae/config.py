@@ -171,6 +171,9 @@ class ModelConfig:
     norm_num_groups: int = ranged(32, ge=1)  # GroupNorm groups; must divide every block width
     mid_block_attention: bool = True  # LDM keeps a mid-block attention even with attn_resolutions: []
     posterior_logvar_init: float | None = None  # start log sigma^2 of the posterior here; None = ~0 (LDM)
+    # a plain autoencoder (kind: kl, loss.kl_weight=0): decode the posterior mean, variance pinned at e^-30
+    # (posterior_logvar_init is then unused)
+    deterministic: bool = False
     init_from: str | None = None  # a diffusers AutoencoderKL folder to start from (e.g. an SD VAE)
     train_decoder_only: bool = False  # freeze encoder and quant_conv (SD ft-EMA/ft-MSE style)
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)  # kind: vq only
@@ -633,6 +636,11 @@ def validate_autoencoder_config(cfg: AutoencoderTrainConfig) -> None:
     _require(
         not model.train_decoder_only or model.init_from is not None,
         "model.train_decoder_only=true needs model.init_from: a frozen random encoder learns nothing",
+    )
+    _require(
+        not model.deterministic or (model.kind == "kl" and cfg.loss.kl_weight == 0),
+        f"model.deterministic=true with model.kind={model.kind}, loss.kl_weight={cfg.loss.kl_weight}: a "
+        "deterministic autoencoder is model.kind=kl with loss.kl_weight=0 (its posterior has no variance)",
     )
     factor = downsampling_factor(model)
     _require(

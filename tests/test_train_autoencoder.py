@@ -90,6 +90,34 @@ def test_loss_goes_down_on_a_fixed_batch(tmp_path, learn_logvar):
         assert module.output_logvar.item() < -0.01
 
 
+def test_a_deterministic_autoencoder_decodes_the_mean_and_keeps_a_point_posterior(tmp_path):
+    """model.deterministic: the study's plain AE. The decoder sees the posterior mean whatever the noise,
+    and the exported AutoencoderKL's posterior stays a point (std e^-15) through training steps."""
+    cfg = tiny_config(tmp_path, "model.deterministic=true", "loss.kl_weight=0.0")
+    torch.manual_seed(0)
+    module = KLTrainingModule(build_autoencoder_kl(cfg.model, 16), False, 0.0, False, deterministic=True)
+    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-2)
+    images, shape = fixed_batch(cfg), (4, *latent_shape(module.vae, 16))
+    for _ in range(3):
+        out = module(images, torch.randn(shape))
+        loss, _ = generator_loss(Accelerator(cpu=True), out, images, None, None, None, cfg)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        first, second = module(images, torch.randn(shape)), module(images, torch.randn(shape))
+        assert torch.equal(first["sample"], second["sample"])
+        assert torch.equal(first["sample"], module.vae.decode(first["mean"]).sample)
+        assert module.vae.encode(images).latent_dist.std.max() < 1e-6
+
+
+def test_a_deterministic_autoencoder_refuses_a_kl_weight(tmp_path):
+    with pytest.raises(ConfigError, match="loss.kl_weight=1e-06: a deterministic autoencoder"):
+        tiny_config(tmp_path, "model.deterministic=true")
+    with pytest.raises(ConfigError, match="model.kind=vq, loss.kl_weight=0.0: a deterministic"):
+        tiny_config(tmp_path, "model.deterministic=true", "loss.kl_weight=0.0", kind="vq")
+
+
 @pytest.mark.slow
 def test_train_exports_a_diffusers_folder_that_reloads_exactly(tmp_path):
     cfg = tiny_config(tmp_path / "run")

@@ -83,7 +83,11 @@ def build_models(
                 f"{factor} of model.init_from={cfg.model.init_from!r}"
             )
         module = KLTrainingModule(
-            vae, cfg.loss.learn_logvar, cfg.loss.logvar_init, cfg.model.train_decoder_only
+            vae,
+            cfg.loss.learn_logvar,
+            cfg.loss.logvar_init,
+            cfg.model.train_decoder_only,
+            cfg.model.deterministic,
         )
     disc = None
     if cfg.loss.disc_weight > 0:

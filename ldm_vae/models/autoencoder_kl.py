@@ -12,6 +12,7 @@ from diffusers import AutoencoderKL, ModelMixin
 from torch import nn
 
 from ldm_vae.config import ModelConfig
+from ldm_vae.errors import ConfigError
 from ldm_vae.losses.equivariance import Transform, transformed_decode
 from ldm_vae.models.loading import load_autoencoder
 
@@ -36,13 +37,29 @@ def ldm_layout(model: ModelConfig, resolution_px: int) -> dict[str, object]:
 def build_autoencoder_kl(model: ModelConfig, resolution_px: int) -> AutoencoderKL:
     """A fresh AutoencoderKL with LDM's Encoder/Decoder layout, or the one in `model.init_from`."""
     if model.init_from is not None:
-        return load_autoencoder(model.init_from, "model.init_from", kinds=("AutoencoderKL",)).train()
-    vae = AutoencoderKL(**ldm_layout(model, resolution_px))
-    if model.posterior_logvar_init is not None:
-        # quant_conv outputs (mean, logvar) stacked on channels. A random init starts near logvar 0, i.e.
-        # latents that are mostly noise: short runs spend their first thousands of steps shrinking it.
-        with torch.no_grad():
-            vae.quant_conv.bias[model.latent_channels :] = model.posterior_logvar_init
+        vae = load_autoencoder(model.init_from, "model.init_from", kinds=("AutoencoderKL",)).train()
+    else:
+        vae = AutoencoderKL(**ldm_layout(model, resolution_px))
+    if not model.deterministic and model.posterior_logvar_init is None:
+        return vae
+    if vae.quant_conv is None:
+        raise ConfigError(
+            f"model.init_from={model.init_from!r} has no quant_conv (use_quant_conv=false): "
+            "model.deterministic and model.posterior_logvar_init need it to set the posterior variance"
+        )
+    # quant_conv outputs (mean, logvar) stacked on channels.
+    logvar_weight = vae.quant_conv.weight[model.latent_channels :]
+    logvar_bias = vae.quant_conv.bias[model.latent_channels :]
+    with torch.no_grad():
+        if model.deterministic:
+            # logvar = -30 (diffusers' clamp) whatever the input: encode, the latent store and any diffusers
+            # user see a point posterior. Nothing trains these rows (the decoder sees the mean, KL weight 0).
+            logvar_weight.zero_()
+            logvar_bias.fill_(-30.0)
+        elif model.posterior_logvar_init is not None:
+            # A random init starts near logvar 0, i.e. latents that are mostly noise: short runs spend
+            # their first thousands of steps shrinking it.
+            logvar_bias.fill_(model.posterior_logvar_init)
     return vae
 
 
@@ -72,10 +89,18 @@ class KLTrainingModule(nn.Module):
     then 1 and N processes see identical noise, and a resumed run draws what the uninterrupted one did.
     """
 
-    def __init__(self, vae: AutoencoderKL, learn_logvar: bool, logvar_init: float, decoder_only: bool):
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        learn_logvar: bool,
+        logvar_init: float,
+        decoder_only: bool,
+        deterministic: bool = False,
+    ):
         super().__init__()
         self.vae = vae
         self.decoder_only = decoder_only
+        self.deterministic = deterministic
         logvar = torch.tensor(float(logvar_init))
         if learn_logvar:  # sgm's learn_logvar; LDM declares it but never optimises it
             self.output_logvar = nn.Parameter(logvar)
@@ -96,7 +121,8 @@ class KLTrainingModule(nn.Module):
         with an EQ-VAE `transform`, also the decoded transformed latent and the transformed images."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.decoder_only):
             posterior = self.vae.encode(images).latent_dist  # logvar clamped to [-30, 20]
-        latents = posterior.mean + posterior.std * noise  # reparameterisation, (b, c, H/f, W/f)
+        # reparameterisation, (b, c, H/f, W/f); a deterministic autoencoder decodes the mean
+        latents = posterior.mean if self.deterministic else posterior.mean + posterior.std * noise
         reconstruction = self.vae.decode(latents).sample  # (b, 3, H, W)
         out = {
             "sample": reconstruction,
