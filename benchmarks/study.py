@@ -116,8 +116,8 @@ class Arm:
 
 
 def arms(kl: AutoencoderTrainConfig) -> list[Arm]:
-    """AE, the VAEs and a VQ-VAE whose encoder/decoder take kl-tiny's widths, levels, layers, groups and
-    latent channels, so only the bottleneck differs (the codes are looked up in the 4-d latent itself)."""
+    """AE, the VAEs and a VQ-VAE whose encoder/decoder take kl-tiny's widths, levels, layers, groups,
+    latent channels and lr, so only the bottleneck differs (codes are looked up in the 4-d latent itself)."""
     m = kl.model
     same_size = (
         f"model.block_out_channels=[{','.join(map(str, m.block_out_channels))}]",
@@ -126,6 +126,7 @@ def arms(kl: AutoencoderTrainConfig) -> list[Arm]:
         f"model.norm_num_groups={m.norm_num_groups}",
         f"model.mid_block_attention={str(m.mid_block_attention).lower()}",
         "model.quantizer.code_dim=null",
+        f"optim.lr={kl.optim.lr!r}",  # vq-tiny's own lr differs; the bottleneck is the only difference
     )
     vaes = [Arm(f"vae-{beta:g}", "kl-tiny", (f"loss.kl_weight={beta!r}",), beta) for beta in KL_BETAS]
     ae = Arm("ae", "kl-tiny", ("loss.kl_weight=0.0", "model.deterministic=true"), 0.0)  # no posterior noise
@@ -429,7 +430,8 @@ def plot_rate_distortion(results: dict, path: Path) -> None:
     ax.axhline(models["ae"]["psnr_db"], linestyle=":", color="black", label="AE (deterministic, no rate)")
     ax.axhline(vq["bicubic_psnr_db"], linestyle="--", color="gray", label="bicubic at latent size")
     ax.set(xlabel="rate: nats per latent element", ylabel="held-out PSNR (dB)", title="Rate vs distortion")
-    ax.legend(fontsize="small", loc="lower right")
+    ax.margins(x=0.15)  # room for the labels at both ends
+    ax.legend(fontsize="small", loc="best")
     fig.savefig(path, dpi=150)
 
 

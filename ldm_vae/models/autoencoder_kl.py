@@ -40,12 +40,14 @@ def build_autoencoder_kl(model: ModelConfig, resolution_px: int) -> AutoencoderK
         vae = load_autoencoder(model.init_from, "model.init_from", kinds=("AutoencoderKL",)).train()
     else:
         vae = AutoencoderKL(**ldm_layout(model, resolution_px))
-    if not model.deterministic and model.posterior_logvar_init is None:
+    # posterior_logvar_init is an initialisation: a loaded model keeps its own.
+    fresh_init = model.init_from is None and model.posterior_logvar_init is not None
+    if not model.deterministic and not fresh_init:
         return vae
     if vae.quant_conv is None:
         raise ConfigError(
             f"model.init_from={model.init_from!r} has no quant_conv (use_quant_conv=false): "
-            "model.deterministic and model.posterior_logvar_init need it to set the posterior variance"
+            "model.deterministic needs it to pin the posterior variance"
         )
     # quant_conv outputs (mean, logvar) stacked on channels.
     logvar_weight = vae.quant_conv.weight[model.latent_channels :]
@@ -56,7 +58,7 @@ def build_autoencoder_kl(model: ModelConfig, resolution_px: int) -> AutoencoderK
             # user see a point posterior. Nothing trains these rows (the decoder sees the mean, KL weight 0).
             logvar_weight.zero_()
             logvar_bias.fill_(-30.0)
-        elif model.posterior_logvar_init is not None:
+        else:
             # A random init starts near logvar 0, i.e. latents that are mostly noise: short runs spend
             # their first thousands of steps shrinking it.
             logvar_bias.fill_(model.posterior_logvar_init)
