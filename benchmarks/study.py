@@ -347,11 +347,15 @@ def ldm_reading(results: dict) -> list[str]:
         f"on {name} latents {run['accuracy']:.0%} class accuracy, FD {run['frechet_vs_real']:.2f}"
         for name, run in runs.items()
     )
-    verdict = (
-        f"{by_accuracy} latents are better on both."
-        if by_accuracy == by_fd
-        else f"Mixed: {by_accuracy} on accuracy, {by_fd} on FD."
-    )
+    accuracies = sorted(run["accuracy"] for run in runs.values())
+    samples = results["settings"]["samples"]
+    noise = 2 * math.sqrt(accuracies[-1] * (1 - accuracies[-1]) / samples)  # two binomial standard errors
+    if accuracies[-1] - accuracies[0] < noise:
+        verdict = f"Accuracy is within sampling noise (±{noise:.2f}, {samples} samples); lower FD: {by_fd}."
+    elif by_accuracy == by_fd:
+        verdict = f"{by_accuracy} latents are better on both."
+    else:
+        verdict = f"Mixed: {by_accuracy} on accuracy, {by_fd} on FD."
     floor = results["judge"]["real_vs_real_frechet"]
     return [
         f"Latent diffusion ({guidance.replace('_', ' ')}): {scores} (real vs real: {floor:.2f}). {verdict}"
