@@ -642,6 +642,11 @@ def validate_autoencoder_config(cfg: AutoencoderTrainConfig) -> None:
         f"model.deterministic=true with model.kind={model.kind}, loss.kl_weight={cfg.loss.kl_weight}: a "
         "deterministic autoencoder is model.kind=kl with loss.kl_weight=0 (its posterior has no variance)",
     )
+    _require(
+        not model.deterministic or cfg.optim.weight_decay == 0,
+        f"model.deterministic=true with optim.weight_decay={cfg.optim.weight_decay}: weight decay would pull "
+        "the pinned posterior log-variance (-30) towards 0; set optim.weight_decay=0",
+    )
     factor = downsampling_factor(model)
     _require(
         data.resolution_px % factor == 0,

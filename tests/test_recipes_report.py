@@ -47,19 +47,17 @@ def test_every_arm_is_a_valid_config_and_every_ldm_arm_names_a_known_autoencoder
     """A typo in an arm's overrides would otherwise surface only after the arms before it have trained."""
     from ldm_vae.config import AutoencoderTrainConfig, LDMTrainConfig, load_config
 
-    autoencoders = {arm.name: arm for arm in recipes.AUTOENCODERS}
-    for arm in recipes.AUTOENCODERS:
-        cfg = load_config(AutoencoderTrainConfig, arm.preset, list(arm.overrides))
-        assert cfg.model.block_out_channels == [32, 64, 64] or "block_out_channels" in str(arm.overrides)
-    tokenizers = [arm for arm in recipes.AUTOENCODERS if arm.preset == "vq-tiny"]
-    assert {
-        load_config(AutoencoderTrainConfig, a.preset, list(a.overrides)).model.quantizer.kind
-        for a in tokenizers
-    } == {
-        "vq",
-        "fsq",
-        "lfq",
+    configs = {
+        arm.name: load_config(AutoencoderTrainConfig, arm.preset, list(arm.overrides))
+        for arm in recipes.AUTOENCODERS
     }
+    for arm in recipes.AUTOENCODERS:
+        widths = configs[arm.name].model.block_out_channels
+        assert widths == [32, 64, 64] or "block_out_channels" in str(arm.overrides)
+    kinds = {
+        configs[arm.name].model.quantizer.kind for arm in recipes.AUTOENCODERS if arm.preset == "vq-tiny"
+    }
+    assert kinds == {"vq", "fsq", "lfq"}
     for arm in recipes.DIFFUSIONS:
-        assert arm.autoencoder in autoencoders, arm.name
+        assert arm.autoencoder in configs, arm.name
         load_config(LDMTrainConfig, "ldm-tiny", list(arm.overrides))

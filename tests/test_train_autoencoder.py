@@ -111,11 +111,13 @@ def test_a_deterministic_autoencoder_decodes_the_mean_and_keeps_a_point_posterio
         assert module.vae.encode(images).latent_dist.std.max() < 1e-6
 
 
-def test_a_deterministic_autoencoder_refuses_a_kl_weight(tmp_path):
+def test_a_deterministic_autoencoder_refuses_what_would_give_it_a_variance(tmp_path):
     with pytest.raises(ConfigError, match="loss.kl_weight=1e-06: a deterministic autoencoder"):
         tiny_config(tmp_path, "model.deterministic=true")
     with pytest.raises(ConfigError, match="model.kind=vq, loss.kl_weight=0.0: a deterministic"):
         tiny_config(tmp_path, "model.deterministic=true", "loss.kl_weight=0.0", kind="vq")
+    with pytest.raises(ConfigError, match="optim.weight_decay=0.01: weight decay would pull"):
+        tiny_config(tmp_path, "model.deterministic=true", "loss.kl_weight=0.0", "optim.weight_decay=0.01")
 
 
 @pytest.mark.slow

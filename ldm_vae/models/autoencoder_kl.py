@@ -55,7 +55,8 @@ def build_autoencoder_kl(model: ModelConfig, resolution_px: int) -> AutoencoderK
     with torch.no_grad():
         if model.deterministic:
             # logvar = -30 (diffusers' clamp) whatever the input: encode, the latent store and any diffusers
-            # user see a point posterior. Nothing trains these rows (the decoder sees the mean, KL weight 0).
+            # user see a point posterior. Nothing moves these rows: the decoder sees the mean, the KL weight
+            # and weight decay are 0 (validate_autoencoder_config).
             logvar_weight.zero_()
             logvar_bias.fill_(-30.0)
         else:
