@@ -96,6 +96,9 @@ AUTOENCODERS = (
         "ae-eq", (LR_BEFORE, "loss.equivariance_weight=1.0"), "EQ-VAE equivariance loss, weight 1"
     ),
     AutoencoderArm("ae-lr", ("optim.lr=1.0e-3",), "3.3x the learning rate (kl-tiny's lr now)"),
+    AutoencoderArm(
+        "ae-c8-lr", ("model.latent_channels=8",), "8 latent channels at kl-tiny's lr (PSNR floor + 3 dB?)"
+    ),
     AutoencoderArm("ae-wide", ("model.block_out_channels=[64,96,96]",), "wider levels (2.3x the weights)"),
     AutoencoderArm(
         "vq-ema", (*AS_KL_TINY, "model.quantizer.num_codes=1024"), "VQ-EMA, 1024 4-d codes", "vq-tiny"
@@ -141,6 +144,35 @@ DIFFUSIONS = (
     DiffusionArm("ldm-eps-lr", "ae-lr", (), "the demo's diffusion recipe on ae-lr's latents"),
     DiffusionArm("ldm-fsq", "vq-fsq", (), "the demo's diffusion recipe on FSQ's latents (best tokenizer)"),
     DiffusionArm("ldm-rotation", "vq-rotation", (), "the demo's diffusion recipe on VQ-rotation's latents"),
+    DiffusionArm(
+        "ldm-lr", "ae-lr", ("optim.lr=1.0e-3",), "3.3x the learning rate: is 1200 steps at 3e-4 too few?"
+    ),
+    DiffusionArm(
+        "ldm-flow-lr",
+        "ae-lr",
+        ("diffusion.prediction_type=flow", "diffusion.timestep_sampling=logit_normal"),
+        "flow matching, logit-normal t, on ae-lr's latents",
+    ),
+    DiffusionArm(
+        "ldm-lr-attn",
+        "ae-lr",
+        ("optim.lr=1.0e-3", "model.attention_levels=[true,true]"),
+        "lr 1e-3, self-attention at 8x8 too (global shape)",
+    ),
+    DiffusionArm(
+        "ldm-b32",
+        "ae-lr",
+        ("optim.lr=1.0e-3", "train.batch_size=32", "train.max_steps=2400", "train.ema_decay=0.9975"),
+        "lr 1e-3, half the batch for twice the updates (equal samples, about equal wall clock)",
+    ),
+    DiffusionArm(
+        "ldm-2x-lr",
+        "ae-lr",
+        ("optim.lr=1.0e-3", "train.max_steps=2400", "train.ema_decay=0.9975"),
+        "lr 1e-3 and twice the steps: is the budget what caps the samples?",
+    ),
+    DiffusionArm("ldm-c8-lr", "ae-c8-lr", ("optim.lr=1.0e-3",), "lr 1e-3 on 8-channel latents"),
+    DiffusionArm("ldm-rotation-lr", "vq-rotation", ("optim.lr=1.0e-3",), "lr 1e-3 on VQ-rotation's latents"),
 )
 
 
