@@ -163,7 +163,7 @@ DIFFUSIONS = (
         "ldm-b32",
         "ae-lr",
         ("optim.lr=1.0e-3", "train.batch_size=32", "train.max_steps=2400", "train.ema_decay=0.9975"),
-        "lr 1e-3, half the batch for twice the updates (equal samples, about equal wall clock)",
+        "lr 1e-3, half the batch for twice the updates (equal samples seen)",
     ),
     DiffusionArm(
         "ldm-2x-lr",

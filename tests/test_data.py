@@ -14,6 +14,7 @@ from ldm_vae.data import (
     RandomFlipView,
     ShapesDataset,
     build_dataset,
+    spread_picks,
     to_rgb,
     train_held_out_split,
 )
@@ -355,6 +356,14 @@ def test_split_of_a_folder_is_stable_when_a_file_is_added(tmp_path):
 def test_split_rejects_bad_held_out_samples(held_out_samples):
     with pytest.raises(ConfigError, match=r"data\.held_out_samples=.* dataset of 10 samples"):
         train_held_out_split(ShapesDataset(10, 8), held_out_samples, seed=0)
+
+
+def test_spread_picks_reach_every_class_of_a_folder_listed_class_by_class():
+    labels = [i // 100 for i in range(1000)]  # 10 classes of 100, in folder order
+    picks = spread_picks(list(range(1000)), 16)
+    assert len(picks) == len(set(picks)) == 16 and picks[0] == 0
+    assert {labels[i] for i in picks} == set(range(10))
+    assert spread_picks([3, 5, 7], 16) == [3, 5, 7]
 
 
 # ---------------------------------------------------------------------------------------------------------

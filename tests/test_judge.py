@@ -7,14 +7,29 @@ import torch
 from ldm_vae.data.shapes import HELD_OUT_COMBINATIONS, NAMED_COLOURS, SHAPE_KINDS
 from ldm_vae.metrics.classifier import factor_hits
 from ldm_vae.metrics.judge import (
+    CLASSIFIER_TRAIN_IMAGES,
     COLOURS,
     attribute_accuracy,
     factor_images,
     is_unseen,
+    judge_split,
     pair_factors,
     pair_prompts,
     train_factor_judge,
 )
+
+
+def test_the_judge_trains_and_measures_its_floor_on_disjoint_picks_of_every_class():
+    labels = [i * 10 // 1541 for i in range(1541)]  # a folder's order: class by class, 10 classes
+    judged, reference = judge_split(list(range(1541)), 256, seed=0)
+    assert len(reference) == 256 and len(judged) == 1541 - 256 and not set(judged) & set(reference)
+    assert {labels[i] for i in reference} == {labels[i] for i in judged} == set(range(10))
+    assert judge_split(list(range(1541)), 256, seed=0) == (judged, reference)  # seeded
+    assert judge_split(list(range(1541)), 256, seed=1) != (judged, reference)
+    judged, reference = judge_split(list(range(7936)), 256, seed=0)  # the built-in shapes: judge capped
+    assert len(judged) == CLASSIFIER_TRAIN_IMAGES and not set(judged) & set(reference)
+    with pytest.raises(ValueError, match="the judge needs at least 512"):
+        judge_split(list(range(500)), 256, seed=0)
 
 
 def test_pair_prompts_name_every_colour_shape_pair_once():

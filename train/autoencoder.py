@@ -22,6 +22,7 @@ from ldm_vae.data import (
     RandomFlipView,
     build_dataset,
     source_columns,
+    spread_picks,
     stream_shards,
     train_held_out_split,
 )
@@ -309,7 +310,7 @@ def train(cfg: AutoencoderTrainConfig) -> Path:
             tracker.info(dataset.skip_report())
         if accelerator.is_main_process:  # only the main process logs reconstruction grids
             fixed = torch.stack(
-                [dataset[i][0] for i in session.held_out_indices[: cfg.export.report_samples]]
+                [dataset[i][0] for i in spread_picks(session.held_out_indices, cfg.export.report_samples)]
             )
 
         while progress.step < cfg.train.max_steps:

@@ -187,6 +187,11 @@ def check_stages_agree(
         raise ConfigError(
             f"--data {data.source}: {len(dataset.classes)} class; the demo needs class sub-folders"
         )
+    if len(dataset) < 3 * data.held_out_samples:  # held-out, the judge's floor set, and the judge's own
+        raise ConfigError(
+            f"--data {data.source}: {len(dataset)} images; the demo's judge needs at least "
+            f"{3 * data.held_out_samples} (3x --ae data.held_out_samples={data.held_out_samples})"
+        )
     return len(dataset.classes)
 
 

@@ -16,7 +16,7 @@ from ldm_vae.data.folder import ImageFolderDataset
 from ldm_vae.data.indexed import IndexedImageDataset, read_skips
 from ldm_vae.data.sampler import StreamSampler
 from ldm_vae.data.shapes import HELD_OUT_COMBINATIONS, SHAPE_KINDS, ShapesDataset
-from ldm_vae.data.split import train_held_out_split
+from ldm_vae.data.split import spread_picks, train_held_out_split
 from ldm_vae.data.transforms import RandomFlipView, image_transform
 from ldm_vae.data.wds import WebDatasetShards
 from ldm_vae.errors import ConfigError
@@ -35,6 +35,7 @@ __all__ = [
     "load_rgb",
     "read_skips",
     "source_columns",
+    "spread_picks",
     "stack_items",
     "stream_shards",
     "to_rgb",

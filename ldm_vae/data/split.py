@@ -57,3 +57,11 @@ def train_held_out_split(
     held_out_set = set(held_out)
     train = [i for i in range(num_samples) if i not in held_out_set]
     return train, held_out
+
+
+def spread_picks(indices: list[int], count: int) -> list[int]:
+    """`count` of `indices` evenly spaced from first to last (all of them if fewer): a folder lists its
+    images class by class, so the first few would show, or measure, one class only."""
+    if count >= len(indices):
+        return list(indices)
+    return [indices[i * len(indices) // count] for i in range(count)]

@@ -27,7 +27,7 @@ from ldm_vae.metrics.classifier import (
     train_classifier,
     train_factor_classifier,
 )
-from ldm_vae.seeds import derive_seed
+from ldm_vae.seeds import derive_seed, numpy_generator
 from ldm_vae.training.autoencoder_report import encode_decode
 
 CLASSIFIER_TRAIN_IMAGES = 4096  # real training images the judging classifier sees
@@ -45,6 +45,21 @@ def judge_data(ae_cfg: AutoencoderTrainConfig) -> tuple[Dataset, list[int], list
     return dataset, *train_held_out_split(dataset, data.held_out_samples, ae_cfg.seed)
 
 
+def judge_split(train_indices: list[int], reference_count: int, seed: int) -> tuple[list[int], list[int]]:
+    """The autoencoder's training indices -> the judge's own (at most CLASSIFIER_TRAIN_IMAGES) and the
+    floor's reference images (`reference_count`), disjoint, both a seeded shuffle's picks: a folder lists
+    its images class by class, so a slice from either end would hold a few classes only."""
+    if len(train_indices) < 2 * reference_count:
+        raise ValueError(
+            f"{len(train_indices)} training images: the judge needs at least {2 * reference_count} (twice "
+            f"data.held_out_samples={reference_count}) to train on and to measure the real-vs-real floor"
+        )
+    order = numpy_generator(seed, "judge_split").permutation(len(train_indices))
+    shuffled = [train_indices[i] for i in order]
+    reference = sorted(shuffled[:reference_count])
+    return sorted(shuffled[reference_count:][:CLASSIFIER_TRAIN_IMAGES]), reference
+
+
 def train_judge(
     ae_cfg: AutoencoderTrainConfig, classifier_steps: int
 ) -> tuple[SampleClassifier, Tensor, dict[str, float]]:
@@ -52,15 +67,14 @@ def train_judge(
     images that samples are compared with; and its own figures: held-out accuracy and the real-vs-real
     feature Fréchet distance (the floor any sample set can reach)."""
     dataset, train_indices, held_out = judge_data(ae_cfg)
+    # the floor's second real set: images the classifier never saw (features of images it learned from sit
+    # apart) of every class; a 1797-image folder once had neither and reported a floor of 44
+    classifier_indices, reference_indices = judge_split(train_indices, len(held_out), ae_cfg.seed)
     classifier = train_classifier(
-        dataset,
-        train_indices[:CLASSIFIER_TRAIN_IMAGES],
-        len(dataset.classes),
-        steps=classifier_steps,
-        seed=ae_cfg.seed,
+        dataset, classifier_indices, len(dataset.classes), steps=classifier_steps, seed=ae_cfg.seed
     )
     real, real_labels = stack_items(dataset, held_out)  # (n, 3, R, R) in [-1, 1], (n,)
-    reference = torch.stack([dataset[i][0] for i in train_indices[-len(held_out) :]])
+    reference = torch.stack([dataset[i][0] for i in reference_indices])
     figures = {
         "classifier_real_held_out_accuracy": accuracy(classifier, real, real_labels),
         "real_vs_real_frechet": frechet_distance(classifier.features(real), classifier.features(reference)),

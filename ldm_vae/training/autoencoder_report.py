@@ -15,7 +15,7 @@ from diffusers import AutoencoderKL, ModelMixin
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ldm_vae.config import AutoencoderTrainConfig
-from ldm_vae.data import read_skips
+from ldm_vae.data import read_skips, spread_picks
 from ldm_vae.metrics import active_channels, bicubic_baseline, kl_per_channel, psnr, ssim
 from ldm_vae.models import downsampling_factor_of, encode_to_codes
 from ldm_vae.models.export import exportable, measure_latent_statistics, save_export, verify_export
@@ -104,11 +104,13 @@ def export_and_report(
     vae.eval()
     device = next(vae.parameters()).device
     batch_size = max(cfg.train.batch_size, 8)
-    scaling_indices = train_indices[: cfg.export.scaling_samples]
+    scaling_indices = spread_picks(train_indices, cfg.export.scaling_samples)
     exported = exportable(vae).to(device)
     statistics = measure_latent_statistics(exported, dataset, scaling_indices, batch_size, cfg.seed)
     export_dir = save_export(exported.to("cpu"), run_dir / "export", statistics["scaling_factor"])
-    sample_images = torch.stack([dataset[i][0] for i in held_out_indices[: cfg.export.report_samples]])
+    sample_images = torch.stack(
+        [dataset[i][0] for i in spread_picks(held_out_indices, cfg.export.report_samples)]
+    )
     export_check = verify_export(vae, export_dir, sample_images)
     held_out = evaluate_reconstruction(vae, dataset, held_out_indices, batch_size)
 
