@@ -171,6 +171,12 @@ DIFFUSIONS = (
         ("optim.lr=1.0e-3", "train.max_steps=2400", "train.ema_decay=0.9975"),
         "lr 1e-3 and twice the steps: is the budget what caps the samples?",
     ),
+    DiffusionArm(
+        "ldm-wide",
+        "ae-lr",
+        ("model.block_out_channels=[96,192]",),
+        "1.5x the UNet's width (2.2x the weights)",
+    ),
     DiffusionArm("ldm-c8-lr", "ae-c8-lr", ("optim.lr=1.0e-3",), "lr 1e-3 on 8-channel latents"),
     DiffusionArm("ldm-rotation-lr", "vq-rotation", ("optim.lr=1.0e-3",), "lr 1e-3 on VQ-rotation's latents"),
 )
