@@ -177,6 +177,12 @@ DIFFUSIONS = (
         ("model.block_out_channels=[96,192]",),
         "1.5x the UNet's width (2.2x the weights)",
     ),
+    DiffusionArm(
+        "ldm-wide-clock",
+        "ae-lr",
+        ("model.block_out_channels=[96,192]", "train.max_steps=730"),
+        "1.5x the width at ldm-tiny's wall clock (730 steps)",
+    ),
     DiffusionArm("ldm-c8-lr", "ae-c8-lr", ("optim.lr=1.0e-3",), "lr 1e-3 on 8-channel latents"),
     DiffusionArm("ldm-rotation-lr", "vq-rotation", ("optim.lr=1.0e-3",), "lr 1e-3 on VQ-rotation's latents"),
 )
