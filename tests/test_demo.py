@@ -106,7 +106,7 @@ def test_demo_runs_the_chain_on_the_data_it_is_given_and_reports_every_stage(tmp
         ),
         (["--ldm", "model.conditioning=none", "--ldm", "sample.guidance_scale=1"], "scores samples by class"),
         (["--data", "builtin:nothing"], "unknown builtin dataset"),
-        (["--ae", "data.held_out_samples=3000"], "the demo's judge needs at least 9000"),
+        (["--ae", "data.held_out_samples=3000"], "5192 training images: the judge needs at least 6000"),
     ],
 )
 def test_demo_refuses_stages_that_disagree_before_any_work(tmp_path, capsys, arguments, message):

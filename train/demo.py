@@ -41,7 +41,7 @@ from ldm_vae.config import (
     downsampling_factor,
     load_config,
 )
-from ldm_vae.data import build_dataset
+from ldm_vae.data import build_dataset, train_held_out_split
 from ldm_vae.data.shapes import HELD_OUT_COMBINATIONS, SHAPE_KINDS
 from ldm_vae.errors import ConfigError
 from ldm_vae.metrics.classifier import factor_hits
@@ -51,6 +51,7 @@ from ldm_vae.metrics.judge import (
     attribute_accuracy,
     is_unseen,
     judge_reconstructions,
+    judge_split,
     pair_factors,
     pair_prompts,
     reconstruct,
@@ -187,11 +188,11 @@ def check_stages_agree(
         raise ConfigError(
             f"--data {data.source}: {len(dataset.classes)} class; the demo needs class sub-folders"
         )
-    if len(dataset) < 3 * data.held_out_samples:  # held-out, the judge's floor set, and the judge's own
-        raise ConfigError(
-            f"--data {data.source}: {len(dataset)} images; the demo's judge needs at least "
-            f"{3 * data.held_out_samples} (3x --ae data.held_out_samples={data.held_out_samples})"
-        )
+    train_indices, held_out = train_held_out_split(dataset, data.held_out_samples, ae_cfg.seed)
+    try:  # the split the judge will make after training, made here so a too-small source fails first
+        judge_split(train_indices, len(held_out), ae_cfg.seed)
+    except ValueError as error:
+        raise ConfigError(f"--data {data.source}: {error}") from None
     return len(dataset.classes)
 
 
