@@ -185,6 +185,17 @@ DIFFUSIONS = (
     ),
     DiffusionArm("ldm-c8-lr", "ae-c8-lr", ("optim.lr=1.0e-3",), "lr 1e-3 on 8-channel latents"),
     DiffusionArm("ldm-rotation-lr", "vq-rotation", ("optim.lr=1.0e-3",), "lr 1e-3 on VQ-rotation's latents"),
+    DiffusionArm(
+        "ldm-per-channel",
+        "ae-lr",
+        ("data.normalization=per_channel",),
+        "each latent channel shifted and scaled to unit variance (ae-lr's stds span 1.5-3.0)",
+    ),
+    DiffusionArm(
+        "ldm-shift-scale", "ae-lr", ("data.normalization=shift_scale",), "one global shift and scale (SD3)"
+    ),
+    DiffusionArm("ldm-ema-999", "ae-lr", ("train.ema_decay=0.999",), "EMA 0.999: about the last 1000 steps"),
+    DiffusionArm("ldm-no-ema", "ae-lr", ("train.ema_decay=0.0",), "no EMA: the last step's weights"),
 )
 
 
@@ -197,6 +208,12 @@ class Budget:
     ae: tuple[str, ...] = ()  # train-ae overrides for every arm
     ldm: tuple[str, ...] = ()  # train-ldm overrides for every arm
     encode: tuple[str, ...] = ()  # encode options
+
+    @property
+    def judge_name(self) -> str:
+        """The judge's folder, and the tag of every score it makes: a judge trained for other steps scores
+        every arm afresh (the trainings are kept) instead of mixing with the old scores."""
+        return f"judge-{self.classifier_steps}-steps"
 
 
 FULL = Budget(classifier_steps=CLASSIFIER_STEPS, per_class=32)
@@ -246,10 +263,11 @@ def train_seconds(run_dir: Path, batch_size: int, steps: int) -> dict[str, float
 
 def judge_stage(out: Path, ae_cfg: AutoencoderTrainConfig, budget: Budget):
     """The judge (trained once, saved) and its own figures, with the bicubic thumbnails' ceilings."""
-    folder = out / "judge"
+    folder = out / budget.judge_name
     if not (folder / "judge.json").is_file():
         with timed("judging classifier"):
             classifier, real_features, figures = train_judge(ae_cfg, budget.classifier_steps)
+            figures["classifier_steps"] = budget.classifier_steps
             dataset, _, held_out = judge_data(ae_cfg)
             real, labels = stack_items(dataset, held_out)  # (n, 3, R, R) in [-1, 1]
             side = real.shape[-1]
@@ -280,7 +298,8 @@ def autoencoder_stage(arm: AutoencoderArm, out: Path, budget: Budget, commands: 
     classifier, real_features, _ = judged
     vae = load_autoencoder(run_dir / "export", "--model")
     ceiling = cached(
-        run_dir / "judge.json", lambda: judge_reconstructions(classifier, real_features, cfg, vae)
+        run_dir / f"{budget.judge_name}.json",
+        lambda: judge_reconstructions(classifier, real_features, cfg, vae),
     )
     held = json.loads((run_dir / "metrics.json").read_text())["held_out"]
     return {
@@ -346,7 +365,11 @@ def diffusion_stage(arm: DiffusionArm, out: Path, budget: Budget, commands: list
         return scores
 
     report = json.loads((run_dir / "report.json").read_text())
-    extra = {"samplers": cached(run_dir / "samplers.json", samplers)} if arm.name == SAMPLER_ARM else {}
+    extra = (
+        {"samplers": cached(run_dir / f"samplers-{budget.judge_name}.json", samplers)}
+        if arm.name == SAMPLER_ARM
+        else {}
+    )
     return {
         "autoencoder": arm.autoencoder,
         "overrides": list(arm.overrides),
@@ -355,7 +378,7 @@ def diffusion_stage(arm: DiffusionArm, out: Path, budget: Budget, commands: list
         **train_seconds(run_dir, cfg.train.batch_size, cfg.train.max_steps),
         "final_loss": report["final_loss"],
         "sampler": f"{cfg.sample.scheduler}, {cfg.sample.num_inference_steps} steps",
-        "guidance": cached(run_dir / "samples.json", sweep),
+        "guidance": cached(run_dir / f"samples-{budget.judge_name}.json", sweep),
         **extra,
     }
 

@@ -83,6 +83,26 @@ def load_pipeline(
 
 
 @torch.no_grad()
+def class_samples(
+    pipe: LatentDiffusionPipeline,
+    sample: SampleConfig,
+    per_class: int,
+    seed: int,
+    guidance_scales: Sequence[float] = (),
+) -> dict[str, tuple[Tensor, Tensor]]:
+    """`per_class` samples of every class (b, 3, R, R) in [-1, 1] and the classes asked for (b,), at
+    guidance 1 (none), at the configured guidance scale and at each of `guidance_scales`; keyed
+    `guidance_{g}`. The same seed gives the same samples, so several judges can score one set."""
+    drawn = {}
+    for guidance in sorted({1.0, sample.guidance_scale, *guidance_scales}):
+        grid = sample_by_class(
+            pipe, per_class, sample.num_inference_steps, guidance, seed=seed
+        )  # (classes, per_class, 3, R, R) in [0, 1]
+        labels = torch.arange(len(grid)).repeat_interleave(per_class)
+        drawn[f"guidance_{guidance:g}"] = (grid.flatten(0, 1) * 2 - 1, labels)
+    return drawn
+
+
 def score_pipeline(
     pipe: LatentDiffusionPipeline,
     classifier: SampleClassifier,
@@ -92,14 +112,6 @@ def score_pipeline(
     seed: int,
     guidance_scales: Sequence[float] = (),
 ) -> dict[str, dict[str, float]]:
-    """Class accuracy and feature Fréchet distance to the real images of `per_class` samples per class, at
-    guidance 1 (none), at the configured guidance scale and at each of `guidance_scales`."""
-    scores = {}
-    for guidance in sorted({1.0, sample.guidance_scale, *guidance_scales}):
-        grid = sample_by_class(
-            pipe, per_class, sample.num_inference_steps, guidance, seed=seed
-        )  # (classes, per_class, 3, R, R) in [0, 1]
-        samples = grid.flatten(0, 1) * 2 - 1
-        labels = torch.arange(classifier.num_classes).repeat_interleave(per_class)
-        scores[f"guidance_{guidance:g}"] = judge(classifier, samples, labels, real_features)
-    return scores
+    """Class accuracy and feature Fréchet distance to the real images of `class_samples`' sets."""
+    drawn = class_samples(pipe, sample, per_class, seed, guidance_scales)
+    return {name: judge(classifier, *images_labels, real_features) for name, images_labels in drawn.items()}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -10,6 +12,12 @@ from PIL import Image
 from ldm_vae.data import ShapesDataset
 from ldm_vae.train.cli import main
 from ldm_vae.train.demo import CLASS_GUIDANCE_SCALES
+
+_spec = importlib.util.spec_from_file_location(
+    "judge_noise", Path(__file__).resolve().parent.parent / "benchmarks" / "judge_noise.py"
+)
+judge_noise = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(judge_noise)
 
 # The chain at toy size: 16 px shapes, a few steps per stage; the figures are meaningless, the plumbing real.
 TOY = [
@@ -66,7 +74,8 @@ def test_demo_runs_the_chain_on_the_data_it_is_given_and_reports_every_stage(tmp
     for path in ("autoencoder/export/config.json", "latents/manifest.json", "ldm/pipeline/model_index.json"):
         assert (run_dir / path).is_file(), path
     manifest = json.loads((run_dir / "latents" / "manifest.json").read_text())
-    assert manifest["num_samples"] == 48 and manifest["classes"] == ["kind0", "kind1", "kind2"]
+    assert manifest["classes"] == ["kind0", "kind1", "kind2"]
+    assert manifest["num_samples"] == 48 - 16 and manifest["held_out"]["samples"] == 16  # what is scored
     pipeline_index = json.loads((run_dir / "ldm" / "pipeline" / "model_index.json").read_text())
     assert pipeline_index["class_names"] == ["kind0", "kind1", "kind2"]
     figures = json.loads((run_dir / "demo.json").read_text())
@@ -78,6 +87,13 @@ def test_demo_runs_the_chain_on_the_data_it_is_given_and_reports_every_stage(tmp
     assert 0 <= figures["samples"]["reconstructions"]["accuracy"] <= 1
     report = (run_dir / "report.md").read_text()
     assert f"Data `{folder}`: 16 px, 3 classes" in report
+
+    noise = judge_noise.rescore(run_dir, judges=2)  # raises unless judge 0 reproduces demo.json
+    assert [row["seed"] for row in noise["per_judge"]] == [0, 1]
+    assert noise["summary"]["guidance_3.accuracy"]["values"] == [
+        row["guidance_3"]["accuracy"] for row in noise["per_judge"]
+    ]
+    assert noise["per_judge"][0]["guidance_3"] == figures["samples"]["guidance_3"]
     for text in ("held-out PSNR", "scaling_factor", "class accuracy", "![samples](ldm/samples.png)"):
         assert text in report, text
     assert (run_dir / "guidance.png").is_file() and "![guidance](guidance.png)" in report
@@ -140,7 +156,7 @@ def test_text_demo_trains_text_to_image_and_scores_seen_and_unseen_prompts(tmp_p
     run_dir = tmp_path / "demo-text"
     assert main(["demo", "--text", "--run-dir", str(run_dir), *TOY_TEXT]) == 0
     manifest = json.loads((run_dir / "latents" / "manifest.json").read_text())
-    assert manifest["captioned_samples"] == manifest["num_samples"] == 96
+    assert manifest["captioned_samples"] == manifest["num_samples"] == 96 - 16
     index = json.loads((run_dir / "ldm" / "pipeline" / "model_index.json").read_text())
     assert index["_class_name"] == "StableDiffusionPipeline"
     figures = json.loads((run_dir / "demo.json").read_text())

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from ldm_vae.config import AutoencoderTrainConfig, load_config
-from ldm_vae.data import ShapesDataset
+from ldm_vae.data import ShapesDataset, train_held_out_split
 from ldm_vae.latents import LatentDataset
 from ldm_vae.models import build_vqmodel, export_vqmodel
 from ldm_vae.train.cli import main
@@ -94,6 +94,20 @@ def test_kl_store_holds_the_posterior_and_its_statistics(kl_model, tmp_path):
     assert scaling["scaling_factor"] == pytest.approx(1 / expected_std, rel=1e-6)
     per_channel = mean.mean(dim=(0, 2, 3))
     assert scaling["per_channel_mean"] == pytest.approx(per_channel.tolist(), rel=1e-6, abs=1e-9)
+
+
+def test_hold_out_leaves_out_exactly_train_aes_held_out_images(kl_model, tmp_path):
+    out = tmp_path / "store"
+    assert main(encode_args(kl_model, out, "--hold-out", "7", "--seed", "3")) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    train, held_out = train_held_out_split(ShapesDataset(45, 16, seed=3), 7, seed=3)  # what train-ae uses
+    stored = torch.cat([load_file(out / s["file"])["sample_index"] for s in manifest["shards"]])
+    assert stored.tolist() == train and manifest["num_samples"] == 38
+    assert manifest["held_out"] == {"samples": 7, "seed": 3}
+    store = LatentDataset(out)
+    assert [store.sample_index(i) for i in range(len(store))] == train
+    labels = [store[i][1] for i in range(len(store))]  # each latent keeps its own image's label
+    assert labels == [ShapesDataset(45, 16, seed=3)[i][1] for i in train]
 
 
 @pytest.mark.parametrize("kind", ["kl", "vq"])

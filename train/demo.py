@@ -210,6 +210,7 @@ def score_samples(
     return {
         "classifier_real_held_out_accuracy": figures["classifier_real_held_out_accuracy"],
         "samples_per_class": per_class,
+        "classifier_steps": classifier_steps,
         "real_vs_real_frechet": figures["real_vs_real_frechet"],
         "reconstructions": judge_reconstructions(classifier, real_features, ae_cfg, pipe.vae),
         **score_pipeline(
@@ -293,6 +294,7 @@ def demo(args: argparse.Namespace) -> Path:
     )
     encode_args = ["encode", "--model", str(ae_dir / "export"), "--data", args.data, "--out", str(latents)]
     encode_args += ["--builtin-samples", str(ae_cfg.data.builtin_samples), "--seed", str(ae_cfg.seed)]
+    encode_args += ["--hold-out", str(ae_cfg.data.held_out_samples)]  # the LDM never sees what is scored
     encode_args += [
         "--resolution",
         str(ae_cfg.data.resolution_px),

@@ -3,9 +3,10 @@
 Also `python -m ldm_vae.train.encode ...` under torchrun / accelerate launch. Every process encodes a
 contiguous range of whole shards (no padding, no duplicates, no gathering through rank 0) and writes them
 itself, atomically; from `wds:` shards, whole input shards, so processes read disjoint files (`plan_shards`).
-Rank 0 writes `manifest.json` when all are done, with the source's fingerprint and the samples skipped. A
-rerun with the same arguments (and unchanged data) keeps the shards whose checksum verifies and encodes the
-rest. `--verify DIR` re-checks a finished store.
+`--hold-out N` leaves out train-ae's held-out split, so a diffusion model trained on the store never sees
+the images it is scored against. Rank 0 writes `manifest.json` when all are done, with the source's
+fingerprint and the samples skipped. A rerun with the same arguments (and unchanged data) keeps the shards
+whose checksum verifies and encodes the rest. `--verify DIR` re-checks a finished store.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from ldm_vae.config import add_image_data_options, bounded_option
-from ldm_vae.data import IndexedImageDataset, build_dataset, read_skips, source_columns
+from ldm_vae.data import IndexedImageDataset, build_dataset, read_skips, source_columns, train_held_out_split
 from ldm_vae.errors import ConfigError
 from ldm_vae.latents.writer import (
     DTYPES,
@@ -59,7 +60,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--num-workers", type=bounded_option(int, ge=0), default=2, help="DataLoader workers decoding images"
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of a builtin dataset")
+    parser.add_argument("--seed", type=int, default=0, help="seed of a builtin dataset and of --hold-out")
+    parser.add_argument(
+        "--hold-out",
+        type=bounded_option(int, ge=0),
+        default=0,
+        metavar="N",
+        help="leave out the N held-out images train-ae sets aside (data.held_out_samples=N at --seed), "
+        "so a diffusion model trained on the store never sees the images it is evaluated against",
+    )
     parser.add_argument("--verify", metavar="DIR", help="re-check a finished store's counts and checksums")
 
 
@@ -102,6 +111,12 @@ def plan_shards(dataset: Dataset, shard_size: int) -> list[list[range]]:
     return groups if len(groups) > 1 else [[rows] for rows in groups[0]]
 
 
+def without_held_out(groups: list[list[range]], held_out: set[int]) -> list[list[list[int]]]:
+    """The shard plan with the held-out indices taken out (shards shrink, the grouping stays)."""
+    kept = [[[i for i in rows if i not in held_out] for rows in group] for group in groups]
+    return [[rows for rows in group if rows] for group in kept if any(group)]
+
+
 def check_output_folder(out: Path, plan: dict) -> None:
     """Refuse a folder that holds something else, or a partial encode of other settings."""
     if not out.exists() or not any(out.iterdir()):
@@ -132,6 +147,8 @@ def encode(args: argparse.Namespace) -> Path:
     resolution = args.resolution or int(model.config.sample_size)
     dataset = build_dataset(args.data, resolution, args.builtin_samples, args.seed, **source_columns(args))
     groups = plan_shards(dataset, args.shard_size)
+    if args.hold_out:
+        groups = without_held_out(groups, set(train_held_out_split(dataset, args.hold_out, args.seed)[1]))
     shards = [rows for group in groups for rows in group]  # output shard i holds dataset[shards[i]]
     data = {"source": args.data, "resolution_px": resolution, "num_samples": len(dataset)}
     if isinstance(dataset, IndexedImageDataset):
@@ -145,6 +162,8 @@ def encode(args: argparse.Namespace) -> Path:
         "storage_dtype": str(DTYPES[args.dtype]).removeprefix("torch."),  # float16, bfloat16, float32
         "flip": args.flip,
     }
+    if args.hold_out:
+        plan["held_out"] = {"samples": args.hold_out, "seed": args.seed}  # left out of the store
     if state.is_main_process:
         check_output_folder(out, plan)
         out.mkdir(parents=True, exist_ok=True)
