@@ -6,7 +6,7 @@ initialisation, so one judge's accuracy carries an error of its own on top of th
 This rescoring of a finished demo run draws the samples (the demo's seed, guidance sweep and count) and the
 held-out reconstructions once, then scores both with `--judges` classifiers trained at the seeds
 `seed, seed + 1, ...` (`seed` is the autoencoder's: the first judge is the demo's own, and its figures
-must match demo.json's, which is checked).
+must match demo.json's, which is checked unless `--classifier-steps` asks for judges trained otherwise).
 
     python benchmarks/judge_noise.py [--run-dir runs/demo] [--judges 5] [--out FILE.json]
 """
@@ -43,15 +43,17 @@ def spread(values: list[float]) -> dict[str, float | list[float]]:
     }
 
 
-def rescore(run_dir: Path, judges: int) -> dict:
-    """Per-judge figures of `run_dir`'s reconstructions and samples, and their spread across judges."""
+def rescore(run_dir: Path, judges: int, classifier_steps: int | None = None) -> dict:
+    """Per-judge figures of `run_dir`'s reconstructions and samples, and their spread across judges;
+    judges trained for `classifier_steps` (default: as the demo's was)."""
     if not (run_dir / "demo.json").is_file():
         raise ConfigError(f"--run-dir={str(run_dir)!r}: no demo.json; run `ldm-vae demo` there first")
     demo = json.loads((run_dir / "demo.json").read_text())
     ae_cfg = load_config(AutoencoderTrainConfig, str(run_dir / "autoencoder" / "config.yaml"))
     ldm_cfg = load_config(LDMTrainConfig, str(run_dir / "ldm" / "config.yaml"))
     per_class = demo["samples"]["samples_per_class"]
-    classifier_steps = demo["samples"].get("classifier_steps", CLASSIFIER_STEPS)  # recorded since 2026-12-04
+    demo_steps = demo["samples"].get("classifier_steps", 400)  # recorded since 2026-12-04; 400 before
+    classifier_steps = demo_steps if classifier_steps is None else classifier_steps
     pipe = load_pipeline(str(run_dir / "ldm" / "pipeline"))
     dataset, _, held_out = judge_data(ae_cfg)
     real, real_labels = stack_items(dataset, held_out)  # (n, 3, R, R) in [-1, 1], (n,)
@@ -74,7 +76,7 @@ def rescore(run_dir: Path, judges: int) -> dict:
             f"({row['ratio_at_default']:.3f}x)",
             flush=True,
         )
-    for name in scored:
+    for name in scored if classifier_steps == demo_steps else ():
         if abs(rows[0][name]["accuracy"] - demo["samples"][name]["accuracy"]) > 1e-9:
             raise RuntimeError(f"judge seed {ae_cfg.seed} does not reproduce demo.json's {name} accuracy")
 
@@ -111,12 +113,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run-dir", default="runs/demo", help="a finished `ldm-vae demo` run")
     parser.add_argument("--judges", type=int, default=5, help="classifiers, at seeds seed, seed + 1, ...")
+    parser.add_argument(
+        "--classifier-steps",
+        type=int,
+        help=f"judges' training steps (default: the demo's; now {CLASSIFIER_STEPS})",
+    )
     parser.add_argument("--out", default=str(BENCHMARKS / "results-judge-noise.json"))
     args = parser.parse_args()
     if args.judges < 1:
         raise SystemExit("ldm-vae: --judges must be at least 1")
     try:
-        result = rescore(Path(args.run_dir), args.judges)
+        result = rescore(Path(args.run_dir), args.judges, args.classifier_steps)
     except ConfigError as error:
         raise SystemExit(f"ldm-vae: {error}") from None
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -2,7 +2,8 @@
 text-to-image `ldm-vae demo --text [--run-dir runs/demo-text]`.
 
 1. `train-ae kl-tiny`: a KL-VAE (f4, 4 channels) on 32 px images, exported with its measured scale.
-2. `encode`: every image to posterior moments, in checksummed shards with exact scaling statistics.
+2. `encode`: the training images (not the held-out ones the figures use) to posterior moments, in
+   checksummed shards with exact scaling statistics.
 3. `train-ldm ldm-tiny`: a class-conditional UNet on those latents, saved as a diffusers pipeline.
 4. Evaluation: a classifier trained here on the real images scores class-conditional samples (accuracy,
    and a Fréchet distance of its features against held-out real images), and, as their ceiling, the
