@@ -194,8 +194,16 @@ DIFFUSIONS = (
     DiffusionArm(
         "ldm-shift-scale", "ae-lr", ("data.normalization=shift_scale",), "one global shift and scale (SD3)"
     ),
-    DiffusionArm("ldm-ema-999", "ae-lr", ("train.ema_decay=0.999",), "EMA 0.999: about the last 1000 steps"),
-    DiffusionArm("ldm-no-ema", "ae-lr", ("train.ema_decay=0.0",), "no EMA: the last step's weights"),
+    DiffusionArm("ldm-v-lr", "ae-lr", ("diffusion.prediction_type=v_prediction",), "v-prediction, Min-SNR-5"),
+    DiffusionArm(
+        "ldm-v-zsnr-lr",
+        "ae-lr",
+        ("diffusion.prediction_type=v_prediction", "diffusion.zero_terminal_snr=true"),
+        "v-prediction, zero terminal SNR (Lin et al. 2024)",
+    ),
+    DiffusionArm(
+        "ldm-cosine-lr", "ae-lr", ("diffusion.beta_schedule=squaredcos_cap_v2",), "cosine betas (eps)"
+    ),
 )
 
 
