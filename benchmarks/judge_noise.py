@@ -22,11 +22,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from ldm_vae.config import AutoencoderTrainConfig, LDMTrainConfig, load_config  # noqa: E402
-from ldm_vae.data import stack_items  # noqa: E402
+from ldm_vae.config import AutoencoderTrainConfig, LDMTrainConfig, bounded_option, load_config  # noqa: E402
 from ldm_vae.errors import ConfigError  # noqa: E402
 from ldm_vae.metrics.classifier import judge  # noqa: E402
-from ldm_vae.metrics.judge import CLASSIFIER_STEPS, judge_data, reconstruct, train_judge  # noqa: E402
+from ldm_vae.metrics.judge import CLASSIFIER_STEPS, held_out_reconstructions, train_judge  # noqa: E402
 from ldm_vae.pipelines.sampling import class_samples, load_pipeline  # noqa: E402
 from ldm_vae.train.demo import CLASS_GUIDANCE_SCALES  # noqa: E402
 
@@ -55,9 +54,7 @@ def rescore(run_dir: Path, judges: int, classifier_steps: int | None = None) -> 
     demo_steps = demo["samples"].get("classifier_steps", 400)  # recorded since 2026-12-04; 400 before
     classifier_steps = demo_steps if classifier_steps is None else classifier_steps
     pipe = load_pipeline(str(run_dir / "ldm" / "pipeline"))
-    dataset, _, held_out = judge_data(ae_cfg)
-    real, real_labels = stack_items(dataset, held_out)  # (n, 3, R, R) in [-1, 1], (n,)
-    scored = {"reconstructions": (reconstruct(pipe.vae, real), real_labels)}
+    scored = {"reconstructions": held_out_reconstructions(ae_cfg, pipe.vae)}  # made once, judged by each
     # the demo's own draw (score_samples: seed + 1), so judge 0 must reproduce demo.json
     scored |= class_samples(pipe, ldm_cfg.sample, per_class, ae_cfg.seed + 1, CLASS_GUIDANCE_SCALES)
     default = f"guidance_{ldm_cfg.sample.guidance_scale:g}"
@@ -76,9 +73,10 @@ def rescore(run_dir: Path, judges: int, classifier_steps: int | None = None) -> 
             f"({row['ratio_at_default']:.3f}x)",
             flush=True,
         )
-    for name in scored if classifier_steps == demo_steps else ():
-        if abs(rows[0][name]["accuracy"] - demo["samples"][name]["accuracy"]) > 1e-9:
-            raise RuntimeError(f"judge seed {ae_cfg.seed} does not reproduce demo.json's {name} accuracy")
+    if classifier_steps == demo_steps:  # the demo's own judge: its figures must be demo.json's
+        for name in scored:
+            if abs(rows[0][name]["accuracy"] - demo["samples"][name]["accuracy"]) > 1e-9:
+                raise RuntimeError(f"judge seed {ae_cfg.seed} does not reproduce demo.json's {name} accuracy")
 
     figures = ["classifier_real_held_out_accuracy", "real_vs_real_frechet", "ratio_at_default"]
     summary = {name: spread([row[name] for row in rows]) for name in figures}
@@ -112,16 +110,19 @@ def markdown(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run-dir", default="runs/demo", help="a finished `ldm-vae demo` run")
-    parser.add_argument("--judges", type=int, default=5, help="classifiers, at seeds seed, seed + 1, ...")
+    parser.add_argument(
+        "--judges",
+        type=bounded_option(int, ge=1),
+        default=5,
+        help="classifiers, at seeds seed, seed + 1, ...",
+    )
     parser.add_argument(
         "--classifier-steps",
-        type=int,
+        type=bounded_option(int, ge=1),
         help=f"judges' training steps (default: the demo's; now {CLASSIFIER_STEPS})",
     )
     parser.add_argument("--out", default=str(BENCHMARKS / "results-judge-noise.json"))
     args = parser.parse_args()
-    if args.judges < 1:
-        raise SystemExit("ldm-vae: --judges must be at least 1")
     try:
         result = rescore(Path(args.run_dir), args.judges, args.classifier_steps)
     except ConfigError as error:

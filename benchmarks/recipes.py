@@ -42,7 +42,7 @@ from ldm_vae.errors import ConfigError  # noqa: E402
 from ldm_vae.metrics.classifier import judge, load_classifier, save_classifier  # noqa: E402
 from ldm_vae.metrics.judge import CLASSIFIER_STEPS, judge_data, judge_reconstructions, train_judge  # noqa: E402
 from ldm_vae.models import load_autoencoder  # noqa: E402
-from ldm_vae.pipelines.sampling import load_pipeline, sample_by_class, with_scheduler  # noqa: E402
+from ldm_vae.pipelines.sampling import load_pipeline, sample_by_class, score_pipeline, with_scheduler  # noqa: E402
 from ldm_vae.training.stages import run_stage  # noqa: E402
 from ldm_vae.training.tracking import read_stats  # noqa: E402
 from ldm_vae.viz import save_guidance_curves  # noqa: E402
@@ -346,15 +346,11 @@ def diffusion_stage(arm: DiffusionArm, out: Path, budget: Budget, commands: list
 
     def sweep() -> dict:
         pipe = load_pipeline(str(run_dir / "pipeline"))
-        labels = torch.arange(classifier.num_classes).repeat_interleave(budget.per_class)
-        scores = {}
-        for guidance in GUIDANCE:
-            with timed(f"{arm.name}: samples at guidance {guidance:g}"):
-                grid = sample_by_class(
-                    pipe, budget.per_class, cfg.sample.num_inference_steps, guidance, cfg.seed + 1
-                )
-                scores[f"{guidance:g}"] = judge(classifier, grid.flatten(0, 1) * 2 - 1, labels, real_features)
-        return scores
+        with timed(f"{arm.name}: samples at guidance {', '.join(f'{g:g}' for g in GUIDANCE)}"):
+            scores = score_pipeline(
+                pipe, classifier, real_features, cfg.sample, budget.per_class, cfg.seed + 1, GUIDANCE
+            )  # GUIDANCE holds 1 and ldm-tiny's own scale, so these are its rows
+        return {name.removeprefix("guidance_"): figures for name, figures in scores.items()}
 
     def samplers() -> dict:
         pipe = load_pipeline(str(run_dir / "pipeline"))

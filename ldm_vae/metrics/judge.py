@@ -99,18 +99,26 @@ def reconstruct(autoencoder: ModelMixin, images: Tensor, batch_size: int = 64) -
     )
 
 
+def held_out_reconstructions(
+    ae_cfg: AutoencoderTrainConfig, autoencoder: ModelMixin
+) -> tuple[Tensor, Tensor]:
+    """The autoencoder's deterministic reconstructions of the held-out images (n, 3, R, R) in [-1, 1],
+    and their classes (n,)."""
+    dataset, _, held_out = judge_data(ae_cfg)
+    real, labels = stack_items(dataset, held_out)  # (n, 3, R, R) in [-1, 1], (n,)
+    return reconstruct(autoencoder, real), labels
+
+
 def judge_reconstructions(
     classifier: SampleClassifier,
     real_features: Tensor,
     ae_cfg: AutoencoderTrainConfig,
     autoencoder: ModelMixin,
 ) -> dict[str, float]:
-    """The judge on the autoencoder's deterministic reconstructions of the held-out images: the ceiling
-    for samples decoded by that autoencoder. If these already lose the class, the autoencoder is the stage
-    to fix; if they keep it and samples do not, the diffusion model is."""
-    dataset, _, held_out = judge_data(ae_cfg)
-    real, labels = stack_items(dataset, held_out)  # (n, 3, R, R) in [-1, 1], (n,)
-    return judge(classifier, reconstruct(autoencoder, real), labels, real_features)
+    """The judge on the autoencoder's held-out reconstructions: the ceiling for samples decoded by that
+    autoencoder. If these already lose the class, the autoencoder is the stage to fix; if they keep it
+    and samples do not, the diffusion model is."""
+    return judge(classifier, *held_out_reconstructions(ae_cfg, autoencoder), real_features)
 
 
 # ---------------------------------------------------------------------------------------------------------
