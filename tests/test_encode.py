@@ -110,6 +110,13 @@ def test_hold_out_leaves_out_exactly_train_aes_held_out_images(kl_model, tmp_pat
     assert labels == [ShapesDataset(45, 16, seed=3)[i][1] for i in train]
 
 
+def test_a_hold_out_as_large_as_the_source_is_refused_naming_the_option(kl_model, tmp_path, capsys):
+    out = tmp_path / "store"
+    assert main(encode_args(kl_model, out, "--hold-out", "45")) == 2
+    assert "--hold-out 45: data.held_out_samples=45 must be in [0, 44]" in capsys.readouterr().err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("kind", ["kl", "vq"])
 def test_reader_returns_what_encoding_the_images_directly_gives(kind, kl_model, vq_model, tmp_path):
     """Round trip through the store: LatentDataset (mean mode) == the autoencoder on the images, scaled."""

@@ -148,7 +148,11 @@ def encode(args: argparse.Namespace) -> Path:
     dataset = build_dataset(args.data, resolution, args.builtin_samples, args.seed, **source_columns(args))
     groups = plan_shards(dataset, args.shard_size)
     if args.hold_out:
-        groups = without_held_out(groups, set(train_held_out_split(dataset, args.hold_out, args.seed)[1]))
+        try:
+            held_out = train_held_out_split(dataset, args.hold_out, args.seed)[1]
+        except ConfigError as error:  # it names data.held_out_samples, which --hold-out stands for
+            raise ConfigError(f"--hold-out {args.hold_out}: {error}") from None
+        groups = without_held_out(groups, set(held_out))
     shards = [rows for group in groups for rows in group]  # output shard i holds dataset[shards[i]]
     data = {"source": args.data, "resolution_px": resolution, "num_samples": len(dataset)}
     if isinstance(dataset, IndexedImageDataset):
